@@ -1,0 +1,37 @@
+// Options of the process lifecycle (endless::core::upgrader), with their defaults.
+// A plain struct: fill it before constructing the upgrader; it is copied and not shared.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <string_view>
+
+namespace endless::core {
+
+using namespace std::chrono_literals;
+
+// Where log lines go. Called from the upgrader's thread and from the caller of ready();
+// must be thread-safe. Lines carry no trailing newline.
+using log_sink = std::function<void(std::string_view line)>;
+
+inline constexpr std::chrono::milliseconds kDefaultUpgradeTimeout = 60s;
+inline constexpr std::chrono::milliseconds kDefaultHammerTime = 60s;
+
+struct options {
+  // How long a new process may take to call ready() before it is killed and the upgrade
+  // counted as failed.
+  std::chrono::milliseconds upgrade_timeout = kDefaultUpgradeTimeout;
+  // How long a draining process waits for its connections before force-closing them.
+  // Negative: never.
+  std::chrono::milliseconds hammer_time = kDefaultHammerTime;
+  // Written (atomically) by whichever process is serving; empty for none.
+  std::string pid_file;
+  // Empty: stderr, prefixed with the date and time like Go's log package.
+  log_sink log;
+  // Install handlers for SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2 (and SIGTSTP once a hook
+  // is registered for it). Off: drive the upgrader through its member functions only.
+  bool handle_signals = true;
+};
+
+}  // namespace endless::core

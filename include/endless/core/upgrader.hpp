@@ -1,0 +1,118 @@
+// The process lifecycle: one `upgrader` per process, owned by the application.
+//
+// It turns signals (or calls) into the zero-downtime state machine of DESIGN.md:
+//
+//   starting --ready()--> serving --SIGHUP--> upgrading --new process ready--> draining
+//                            ^                     |                             |
+//                            +--- new process failed (killed, counted) ----------+--> stopped
+//   serving/starting --SIGINT/SIGTERM--> draining (final: no new process)
+//
+// Servers (anything that accepts connections) attach as `drainable`s; when the drain
+// begins each is told to stop accepting and to finish its connections, and reports back
+// through a callback; the hammer force-closes whatever is left. Listening sockets come from
+// the process-wide `registry` (listen() here is a shortcut to it).
+//
+// Threads: the upgrader runs one thread of its own. Signal handlers only write the signal
+// number to a pipe that this thread reads, so signals work whatever threads the
+// application started before. Hooks, drainable callbacks and log lines run on that thread.
+// Every member function is thread-safe; ready() and upgrade() may be called from any thread
+// (ready() from a hook too).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string_view>
+#include <system_error>
+
+#include "endless/core/options.hpp"
+#include "endless/core/registry.hpp"
+#include "endless/core/unique_fd.hpp"
+
+namespace endless::core {
+
+// A server the upgrader drains. Both calls come from the upgrader's thread.
+class drainable {
+ public:
+  // Drain steps 1 and 2: stop accepting (take the listeners out of the event loop and close
+  // this process's copies; never shutdown() them, the new process shares them), then let
+  // every connection finish its work and close. Call `done` (from any thread, once) when
+  // nothing is left.
+  virtual void begin_drain(std::function<void()> done) = 0;
+  // Hammer time: close every remaining connection now. When it returns they are closed.
+  virtual void hammer() noexcept = 0;
+
+ protected:
+  ~drainable() = default;
+};
+
+enum class hook { pre_signal, post_signal };
+inline constexpr hook pre_signal = hook::pre_signal;
+inline constexpr hook post_signal = hook::post_signal;
+
+enum class state { starting, serving, upgrading, draining, stopped };
+const char* to_string(state s) noexcept;
+
+class upgrader {
+ public:
+  // Installs the signal handlers and starts the upgrader's thread. Throws std::system_error
+  // if another upgrader exists in this process.
+  explicit upgrader(options opts = {});
+  // Kills an upgrade in progress, restores the signal handlers.
+  ~upgrader();
+  upgrader(const upgrader&) = delete;
+  upgrader& operator=(const upgrader&) = delete;
+
+  // registry::instance().listen(): inherited or freshly bound.
+  unique_fd listen(std::string_view network, std::string_view address);
+  unique_fd listen(std::string_view network, std::string_view address,
+                   std::error_code& ec) noexcept;
+
+  // `d` must outlive the upgrader or be detached first.
+  void attach(drainable& d);
+  void detach(drainable& d);
+
+  // Runs `fn` before (pre_signal) or after (post_signal) this process handles `signo`
+  // (SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGTSTP), in registration order, once per
+  // signal. Registering a SIGTSTP hook takes Ctrl-Z's stop away from the process.
+  void on(hook when, int signo, std::function<void()> fn);
+  // Runs when the drain begins (endless's shutdown_initiated), on both final shutdowns and
+  // upgrades.
+  void on_shutdown(std::function<void()> fn);
+
+  // This process can serve: tell the old process (which then drains), write the pid file,
+  // tell systemd, close inherited listeners nobody claimed. Call once.
+  void ready();
+  void ready(std::error_code& ec) noexcept;
+
+  // Starts an upgrade, as SIGHUP does. The future holds {} once the new process is ready,
+  // or why it failed (errc::child_exited, ready_timeout, exec_failed, already_upgrading,
+  // draining, not_ready).
+  std::future<std::error_code> upgrade();
+  // Graceful shutdown, as SIGTERM does.
+  void shutdown();
+  // Force-closes a draining process now, as SIGUSR2 does; ignored unless draining.
+  void hammer();
+
+  // Blocks until the drain has finished (or the hammer fired) and the process should exit.
+  void wait();
+  bool wait_for(std::chrono::milliseconds timeout);
+
+  state current_state() const noexcept;
+  bool has_parent() const noexcept;          // started by an endless upgrade
+  std::uint64_t generation() const noexcept;  // upgrades that led to this process
+  std::uint64_t upgrades() const noexcept;    // successful upgrades started here
+  std::uint64_t failed_upgrades() const noexcept;
+
+  // Writes to the configured log sink.
+  void log(std::string_view line) const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace endless::core

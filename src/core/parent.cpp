@@ -1,0 +1,136 @@
+// The old process's side of an upgrade: start the new process, wait for its readiness,
+// hand over (systemd's MAINPID, then the drain) or roll back.
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "endless/core/error.hpp"
+#include "protocol.hpp"
+#include "startup.hpp"
+#include "upgrader_impl.hpp"
+
+namespace endless::core {
+
+void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> result,
+                                bool from_signal) {
+  auto refuse = [&](std::error_code ec, const std::string& why) {
+    log_pid(why);
+    if (result) result->set_value(ec);
+  };
+  const std::string what = from_signal ? "Received SIGHUP" : "Upgrade requested";
+  switch (current.load()) {
+    case state::starting:
+      return refuse(errc::not_ready, what + ", but not ready yet; ignored.");
+    case state::upgrading:
+      // Let the caller wait for the running upgrade's outcome.
+      if (result && upgrade) upgrade->waiting.push_back(std::move(*result));
+      log_pid(what + ", but an upgrade is already running; ignored.");
+      return;
+    case state::draining:
+    case state::stopped:
+      return refuse(errc::draining, what + ", but already shutting down; ignored.");
+    case state::serving:
+      break;
+  }
+  log_pid(what + ". forking.");
+  notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_usec()));
+
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    std::error_code ec(errno, std::system_category());
+    failed_upgrades++;
+    notify("READY=1");
+    return refuse(ec, "can't start new process: socketpair: " + ec.message());
+  }
+  unique_fd ours(pair[0]);
+  unique_fd theirs(pair[1]);
+
+  spawn_request req;
+  req.executable = startup().executable;
+  req.argv = startup().argv;
+  req.fds = registry::instance().handover();
+  req.ready_fd = theirs.get();
+  req.generation = generation + 1;
+  req.notify_socket = systemd.path();
+  req.watchdog_usec = watchdog_usec;
+  spawned child;
+  std::string why;
+  if (auto ec = spawn(req, child, why)) {
+    failed_upgrades++;
+    notify("READY=1\nSTATUS=upgrade failed: " + why);
+    return refuse(ec, "upgrade failed: " + why + "; still serving.");
+  }
+  upgrade_in_flight u;
+  u.child = std::move(child);
+  u.channel = std::move(ours);
+  u.deadline = clock::now() + opts.upgrade_timeout;
+  if (result) u.waiting.push_back(std::move(*result));
+  upgrade = std::move(u);
+  current.store(state::upgrading);
+  log_pid("started new process " + std::to_string(upgrade->child.pid) +
+          ", waiting for it to be ready");
+}
+
+void upgrader::impl::on_channel_readable() {
+  char byte = 0;
+  ssize_t n;
+  do {
+    n = ::recv(upgrade->channel.get(), &byte, 1, MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EAGAIN) return;
+  const pid_t child = upgrade->child.pid;
+  if (n != 1 || byte != protocol::kReady) {
+    // EOF: it exited, or closed the channel without being ready. Learn how, then roll back.
+    fail_upgrade(errc::child_exited,
+                 "new process " + std::to_string(child) + " closed the readiness channel");
+    return;
+  }
+  // Hand-over. systemd must learn the new main pid from us (the current main pid) before
+  // the new process speaks, or NotifyAccess=main drops its READY=1.
+  notify("MAINPID=" + std::to_string(child));
+  char ack = protocol::kAck;
+  if (::send(upgrade->channel.get(), &ack, 1, MSG_NOSIGNAL) != 1) {
+    notify("MAINPID=" + std::to_string(pid));
+    fail_upgrade(errc::child_exited,
+                 "new process " + std::to_string(child) + " went away during the hand-over");
+    return;
+  }
+  upgrades++;
+  log_pid("new process " + std::to_string(child) + " is ready; handing over.");
+  auto waiting = std::move(upgrade->waiting);
+  upgrade.reset();  // the child is on its own now; we never wait for it
+  for (auto& w : waiting) w.set_value({});
+  begin_drain(false);
+}
+
+void upgrader::impl::on_child_exited() {
+  fail_upgrade(errc::child_exited, "new process " + std::to_string(upgrade->child.pid));
+}
+
+void upgrader::impl::fail_upgrade(std::error_code ec, const std::string& why, bool kill_child) {
+  std::string status = kill_child ? kill_and_reap(upgrade->child) : reap(upgrade->child);
+  std::string reason = why;
+  if (ec == errc::child_exited) reason += " " + status + " before it was ready";
+  failed_upgrades++;
+  log_pid("upgrade failed: " + reason + "; still serving.");
+  auto waiting = std::move(upgrade->waiting);
+  upgrade.reset();
+  current.store(state::serving);
+  notify("READY=1\nSTATUS=upgrade failed: " + reason);
+  for (auto& w : waiting) w.set_value(ec);
+}
+
+void upgrader::impl::abort_upgrade() {
+  std::string status = kill_and_reap(upgrade->child);
+  log_pid("upgrade aborted by shutdown; new process " + std::to_string(upgrade->child.pid) +
+          " " + status);
+  failed_upgrades++;
+  auto waiting = std::move(upgrade->waiting);
+  upgrade.reset();
+  current.store(state::serving);
+  for (auto& w : waiting) w.set_value(errc::aborted);
+}
+
+}  // namespace endless::core

@@ -1,0 +1,51 @@
+// The upgrade protocol between an old process and the new one it starts (internal).
+//
+// Version 1 (kProtocolVersion). The old process fork+execs the executable path it resolved
+// at start-up with the same argv and cwd, and its environment minus every variable below,
+// plus:
+//   LISTEN_FDS=<n>          the handed-over fds are 3 .. 3+n-1 (systemd socket activation)
+//   LISTEN_PID=<pid>        the new process's own pid (written between fork and exec)
+//   LISTEN_FDNAMES=a:b:...  registry names, percent-encoded ('%' -> %25, ':' -> %3A) because
+//                           systemd separates names with ':'
+//   ENDLESS_PROTOCOL=1      a new process that does not speak this version refuses the fds
+//   ENDLESS_READY_FD=<fd>   one end of a stream socketpair, the readiness channel (3+n)
+//   ENDLESS_GENERATION=<g>  how many upgrades led to this process
+//   ENDLESS_FD_OWNED=0110   per fd, '1' when this lineage created a unix socket path and
+//                           must unlink it on a final shutdown ('0': systemd owns it)
+//   NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID=<new pid>   systemd's, passed on
+//
+// Readiness handshake on ENDLESS_READY_FD:
+//   new -> old  'R'   the new process is ready to serve
+//   old -> new  'A'   the old process told systemd MAINPID=<new> and now drains
+// The new process writes the pid file and sends MAINPID/READY=1 only after 'A' (or after EOF,
+// which means the old process is gone and the new one is on its own). The old process treats
+// EOF before 'R', the child's exit, or upgrade_timeout as a failed upgrade: it kills the
+// child and goes on serving.
+//
+// Every variable is removed from this process's environment at load time, so nothing the
+// application starts later inherits it.
+#pragma once
+
+namespace endless::core::protocol {
+
+inline constexpr int kVersion = 1;
+inline constexpr char kReady = 'R';
+inline constexpr char kAck = 'A';
+inline constexpr int kFirstFd = 3;  // SD_LISTEN_FDS_START
+
+inline constexpr const char* kListenFds = "LISTEN_FDS";
+inline constexpr const char* kListenPid = "LISTEN_PID";
+inline constexpr const char* kListenFdNames = "LISTEN_FDNAMES";
+inline constexpr const char* kProtocol = "ENDLESS_PROTOCOL";
+inline constexpr const char* kReadyFd = "ENDLESS_READY_FD";
+inline constexpr const char* kGeneration = "ENDLESS_GENERATION";
+inline constexpr const char* kFdOwned = "ENDLESS_FD_OWNED";
+inline constexpr const char* kNotifySocket = "NOTIFY_SOCKET";
+inline constexpr const char* kWatchdogUsec = "WATCHDOG_USEC";
+inline constexpr const char* kWatchdogPid = "WATCHDOG_PID";
+
+inline constexpr const char* kAllVariables[] = {
+    kListenFds, kListenPid,   kListenFdNames, kProtocol,     kReadyFd,
+    kGeneration, kFdOwned, kNotifySocket, kWatchdogUsec, kWatchdogPid};
+
+}  // namespace endless::core::protocol

@@ -1,0 +1,211 @@
+#include "spawn.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+
+#include "endless/core/error.hpp"
+#include "protocol.hpp"
+#include "startup.hpp"
+
+extern char** environ;
+
+namespace endless::core {
+namespace {
+
+std::error_code last_error() { return {errno, std::system_category()}; }
+
+bool is_protocol_variable(const char* entry) {
+  for (const char* name : protocol::kAllVariables) {
+    size_t n = std::strlen(name);
+    if (std::strncmp(entry, name, n) == 0 && entry[n] == '=') return true;
+  }
+  return false;
+}
+
+// "NAME=" followed by room for a pid that only the child knows.
+struct pid_slot {
+  std::vector<char> text;
+  size_t digits_at = 0;
+  explicit pid_slot(const char* name) {
+    std::string prefix = std::string(name) + "=";
+    text.assign(prefix.begin(), prefix.end());
+    digits_at = text.size();
+    text.resize(text.size() + 24, '\0');
+  }
+  // Async-signal-safe.
+  void fill(pid_t pid) noexcept {
+    char rev[24];
+    int n = 0;
+    auto v = static_cast<unsigned long>(pid);
+    do {
+      rev[n++] = static_cast<char>('0' + v % 10);
+      v /= 10;
+    } while (v && n < 23);
+    for (int i = 0; i < n; ++i) text[digits_at + i] = rev[n - 1 - i];
+    text[digits_at + n] = '\0';
+  }
+};
+
+std::string describe_status(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    const char* name = ::sigdescr_np(sig);
+    return "was killed by signal " + std::to_string(sig) + (name ? std::string(" (") + name + ")" : "");
+  }
+  return "stopped with wait status " + std::to_string(status);
+}
+
+}  // namespace
+
+std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) {
+  const int n = static_cast<int>(req.fds.size());
+  const int ready_target = protocol::kFirstFd + n;
+  const int staging_floor = ready_target + 1;  // nothing the child dup2()s over
+
+  // Stage every fd the child needs above the targets, so dup2 in the child cannot clobber
+  // a source it still has to copy.
+  std::vector<unique_fd> staged;
+  for (const auto& fd : req.fds) {
+    staged.emplace_back(::fcntl(fd.fd, F_DUPFD_CLOEXEC, staging_floor));
+    if (!staged.back()) {
+      why = "can't start new process: dup of '" + fd.name + "'";
+      return last_error();
+    }
+  }
+  unique_fd ready(::fcntl(req.ready_fd, F_DUPFD_CLOEXEC, staging_floor));
+  int err_pipe[2];
+  if (!ready || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    why = "can't start new process: pipe";
+    return last_error();
+  }
+  unique_fd err_read(err_pipe[0]);
+  unique_fd err_write(::fcntl(err_pipe[1], F_DUPFD_CLOEXEC, staging_floor));
+  ::close(err_pipe[1]);
+  if (!err_write) {
+    why = "can't start new process: dup";
+    return last_error();
+  }
+
+  // The environment: ours minus the protocol variables, plus this upgrade's.
+  std::vector<std::string> vars;
+  for (char** e = environ; e && *e; ++e) {
+    if (!is_protocol_variable(*e)) vars.emplace_back(*e);
+  }
+  std::string names;
+  std::string owned;
+  for (const auto& fd : req.fds) {
+    names += (names.empty() ? "" : ":") + encode_fd_name(fd.name);
+    owned += fd.owns_path ? '1' : '0';
+  }
+  vars.push_back(std::string(protocol::kListenFds) + "=" + std::to_string(n));
+  vars.push_back(std::string(protocol::kListenFdNames) + "=" + names);
+  vars.push_back(std::string(protocol::kFdOwned) + "=" + owned);
+  vars.push_back(std::string(protocol::kProtocol) + "=" + std::to_string(protocol::kVersion));
+  vars.push_back(std::string(protocol::kReadyFd) + "=" + std::to_string(ready_target));
+  vars.push_back(std::string(protocol::kGeneration) + "=" + std::to_string(req.generation));
+  if (!req.notify_socket.empty()) {
+    vars.push_back(std::string(protocol::kNotifySocket) + "=" + req.notify_socket);
+  }
+  if (req.watchdog_usec) {
+    vars.push_back(std::string(protocol::kWatchdogUsec) + "=" + std::to_string(req.watchdog_usec));
+  }
+  pid_slot listen_pid(protocol::kListenPid);
+  pid_slot watchdog_pid(protocol::kWatchdogPid);
+  std::vector<char*> envp;
+  for (auto& v : vars) envp.push_back(v.data());
+  envp.push_back(listen_pid.text.data());
+  if (req.watchdog_usec) envp.push_back(watchdog_pid.text.data());
+  envp.push_back(nullptr);
+
+  std::vector<std::string> argv_copy = req.argv;
+  if (argv_copy.empty()) argv_copy.push_back(req.executable);
+  std::vector<char*> argv;
+  for (auto& a : argv_copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const char* exe = req.executable.c_str();
+
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    why = "can't start new process: fork";
+    return last_error();
+  }
+  if (pid == 0) {
+    // Child: async-signal-safe calls only.
+    sigset_t none;
+    ::sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    pid_t self = static_cast<pid_t>(::syscall(SYS_getpid));
+    listen_pid.fill(self);
+    watchdog_pid.fill(self);
+    for (int i = 0; i < n; ++i) {
+      if (::dup2(staged[i].get(), protocol::kFirstFd + i) < 0) goto fail;
+    }
+    if (::dup2(ready.get(), ready_target) < 0) goto fail;
+    ::execve(exe, argv.data(), envp.data());
+  fail:
+    int e = errno;
+    (void)!::write(err_write.get(), &e, sizeof e);
+    ::_exit(127);
+  }
+
+  err_write.reset();
+  out.pid = pid;
+  out.pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  int child_errno = 0;
+  ssize_t got;
+  do {
+    got = ::read(err_read.get(), &child_errno, sizeof child_errno);
+  } while (got < 0 && errno == EINTR);
+  if (got == static_cast<ssize_t>(sizeof child_errno)) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    out.pid = -1;
+    out.pidfd.reset();
+    why = std::string("can't start new process: exec ") + req.executable + ": " +
+          std::strerror(child_errno);
+    return errc::exec_failed;
+  }
+  if (!out.pidfd) {
+    // Without a pidfd we can't watch the child; give up on this upgrade cleanly.
+    std::error_code ec = last_error();
+    (void)kill_and_reap(out);
+    why = "can't start new process: pidfd_open";
+    return ec;
+  }
+  return {};
+}
+
+std::string reap(const spawned& child) {
+  int status = 0;
+  pid_t r;
+  do {
+    r = ::waitpid(child.pid, &status, 0);
+  } while (r < 0 && errno == EINTR);
+  if (r != child.pid) return "exited (status unknown: it was reaped elsewhere)";
+  return describe_status(status);
+}
+
+std::string kill_and_reap(const spawned& child) {
+  if (child.pid <= 0) return "not running";
+  // Still our unreaped child, so the pid can't have been reused.
+  ::kill(child.pid, SIGKILL);
+  if (child.pidfd) {
+    pollfd p{child.pidfd.get(), POLLIN, 0};
+    ::poll(&p, 1, 5000);  // SIGKILL takes effect at once unless the child is in D state
+  }
+  int status = 0;
+  pid_t r = ::waitpid(child.pid, &status, WNOHANG);
+  if (r != child.pid) return "did not exit after SIGKILL";
+  return describe_status(status);
+}
+
+}  // namespace endless::core

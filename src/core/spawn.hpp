@@ -1,0 +1,44 @@
+// Starting the new process of an upgrade (internal): fork + exec with the handed-over fds
+// at 3.., the readiness channel after them and the protocol variables (protocol.hpp).
+// Everything is prepared before fork; between fork and exec the child makes only
+// async-signal-safe calls. An exec failure comes back through a CLOEXEC pipe, so a missing
+// or non-executable binary is reported at once with its errno.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "endless/core/registry.hpp"
+#include "endless/core/unique_fd.hpp"
+
+namespace endless::core {
+
+struct spawn_request {
+  std::string executable;
+  std::vector<std::string> argv;
+  std::vector<registry::handover_fd> fds;
+  int ready_fd = -1;  // the child's end of the readiness channel
+  std::uint64_t generation = 0;
+  std::string notify_socket;
+  std::uint64_t watchdog_usec = 0;
+};
+
+struct spawned {
+  pid_t pid = -1;
+  unique_fd pidfd;
+};
+
+// On failure returns an error and `why` says what failed ("exec /srv/app: No such file...").
+std::error_code spawn(const spawn_request& req, spawned& out, std::string& why);
+
+// Kills (SIGKILL) and reaps a child that has not been waited for; returns its wait status
+// as text ("exited with status 1", "was killed by signal 11 (Segmentation fault)").
+std::string kill_and_reap(const spawned& child);
+// Reaps a child that has exited (pidfd readable); returns its status as text.
+std::string reap(const spawned& child);
+
+}  // namespace endless::core

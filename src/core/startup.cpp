@@ -1,0 +1,189 @@
+#include "startup.hpp"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+
+#include "endless/core/error.hpp"
+#include "protocol.hpp"
+
+namespace endless::core {
+namespace {
+
+template <class T>
+bool parse_number(const char* text, T& out) {
+  if (!text || !*text) return false;
+  std::string_view s(text);
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc{} && end == s.data() + s.size();
+}
+
+std::vector<std::string> split(std::string_view s, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (;;) {
+    size_t at = s.find(sep, start);
+    out.emplace_back(s.substr(start, at - start));
+    if (at == std::string_view::npos) break;
+    start = at + 1;
+  }
+  return out;
+}
+
+std::string read_file(const char* path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+std::string encode_fd_name(std::string_view name) {
+  std::string out;
+  for (char c : name) {
+    if (c == '%') {
+      out += "%25";
+    } else if (c == ':') {
+      out += "%3A";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string decode_fd_name(std::string_view encoded) {
+  std::string out;
+  for (size_t i = 0; i < encoded.size(); ++i) {
+    if (encoded.substr(i, 3) == "%3A") {
+      out += ':';
+      i += 2;
+    } else if (encoded.substr(i, 3) == "%25") {
+      out += '%';
+      i += 2;
+    } else {
+      out += encoded[i];
+    }
+  }
+  return out;
+}
+
+startup_env parse_startup_env(const getenv_fn& getenv, pid_t self) {
+  namespace p = protocol;
+  startup_env env;
+  if (const char* s = getenv(p::kNotifySocket)) env.notify_socket = s;
+
+  // systemd: the watchdog applies to us only if WATCHDOG_PID is unset or names us.
+  std::uint64_t usec = 0;
+  if (parse_number(getenv(p::kWatchdogUsec), usec) && usec > 0) {
+    pid_t wpid = 0;
+    const char* wp = getenv(p::kWatchdogPid);
+    if (!wp || (parse_number(wp, wpid) && wpid == self)) env.watchdog_usec = usec;
+  }
+
+  const char* proto = getenv(p::kProtocol);
+  env.from_parent = proto != nullptr;
+  int version = 0;
+  if (env.from_parent && (!parse_number(proto, version) || version != p::kVersion)) {
+    env.error = errc::protocol_mismatch;
+    env.notes.push_back(std::string("refusing the listeners of the old process: it speaks "
+                                    "endless upgrade protocol ") +
+                        proto + ", this binary speaks " + std::to_string(p::kVersion));
+    return env;
+  }
+  parse_number(getenv(p::kGeneration), env.generation);
+  if (env.from_parent) {
+    int ready = -1;
+    if (parse_number(getenv(p::kReadyFd), ready) && ready >= 0) env.ready_fd = ready;
+  }
+
+  const char* fds_text = getenv(p::kListenFds);
+  if (!fds_text) return env;
+  pid_t listen_pid = 0;
+  if (!parse_number(getenv(p::kListenPid), listen_pid) || listen_pid != self) {
+    // sd_listen_fds(3): the fds are not for us; ignore them.
+    env.notes.push_back(std::string("ignoring LISTEN_FDS=") + fds_text + ": LISTEN_PID=" +
+                        (getenv(p::kListenPid) ? getenv(p::kListenPid) : "(unset)") +
+                        " is not this process (" + std::to_string(self) + ")");
+    env.ready_fd = -1;
+    return env;
+  }
+  int count = 0;
+  if (!parse_number(fds_text, count) || count < 0 || count > 65536) {
+    env.notes.push_back(std::string("ignoring LISTEN_FDS='") + fds_text + "': not a count");
+    return env;
+  }
+  std::vector<std::string> names;
+  if (const char* n = getenv(p::kListenFdNames)) names = split(n, ':');
+  std::string owned = getenv(p::kFdOwned) ? getenv(p::kFdOwned) : "";
+  for (int i = 0; i < count; ++i) {
+    inherited_fd fd;
+    fd.fd = p::kFirstFd + i;
+    // systemd names its fds "unknown" when none was configured; keep one name per fd.
+    fd.name = i < static_cast<int>(names.size()) ? decode_fd_name(names[i]) : "unknown";
+    fd.owns_path = env.from_parent && i < static_cast<int>(owned.size()) && owned[i] == '1';
+    env.fds.push_back(std::move(fd));
+  }
+  return env;
+}
+
+std::string resolve_executable(const std::string& argv0, const std::string& cwd,
+                               const char* path_env) {
+  if (!argv0.empty() && argv0.find('/') != std::string::npos) {
+    if (argv0[0] == '/') return argv0;
+    return cwd + "/" + argv0;
+  }
+  if (!argv0.empty() && path_env) {
+    for (const auto& dir : split(path_env, ':')) {
+      std::string candidate = (dir.empty() ? cwd : dir) + "/" + argv0;
+      if (::access(candidate.c_str(), X_OK) == 0) {
+        return candidate[0] == '/' ? candidate : cwd + "/" + candidate;
+      }
+    }
+  }
+  char buf[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return argv0;
+  std::string exe(buf, static_cast<size_t>(n));
+  constexpr std::string_view kDeleted = " (deleted)";
+  if (exe.ends_with(kDeleted)) exe.resize(exe.size() - kDeleted.size());
+  return exe;
+}
+
+namespace {
+
+process_start take_snapshot() {
+  process_start s;
+  s.env = parse_startup_env([](const char* name) { return ::getenv(name); }, ::getpid());
+  // The inherited fds (and the readiness channel) must not leak into anything this process
+  // execs except through an upgrade, which passes them explicitly.
+  for (const auto& fd : s.env.fds) ::fcntl(fd.fd, F_SETFD, FD_CLOEXEC);
+  if (s.env.ready_fd >= 0) ::fcntl(s.env.ready_fd, F_SETFD, FD_CLOEXEC);
+  for (const char* name : protocol::kAllVariables) ::unsetenv(name);
+
+  std::string cmdline = read_file("/proc/self/cmdline");
+  if (!cmdline.empty() && cmdline.back() == '\0') cmdline.pop_back();
+  if (!cmdline.empty()) s.argv = split(cmdline, '\0');
+  char cwd[PATH_MAX];
+  std::string dir = ::getcwd(cwd, sizeof cwd) ? cwd : "/";
+  s.executable =
+      resolve_executable(s.argv.empty() ? std::string() : s.argv[0], dir, ::getenv("PATH"));
+  return s;
+}
+
+// Take the snapshot as the library loads: before main() can chdir, start threads, or spawn
+// children that would inherit the protocol variables.
+[[gnu::constructor]] void take_snapshot_at_load() { (void)startup(); }
+
+}  // namespace
+
+process_start& startup() {
+  static process_start snapshot = take_snapshot();
+  return snapshot;
+}
+
+}  // namespace endless::core

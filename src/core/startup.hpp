@@ -1,0 +1,60 @@
+// What a process learns at start-up (internal): the fds and state handed to it by systemd
+// or by an endless parent, and the executable to run on the next upgrade. Read once, at
+// load time, before main() and before the application can start threads or children; the
+// protocol variables are then removed from the environment (see protocol.hpp).
+// Thread safety: startup() returns an immutable snapshot except for the fds, which the
+// registry adopts exactly once.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+namespace endless::core {
+
+struct inherited_fd {
+  std::string name;
+  int fd = -1;
+  bool owns_path = false;  // see ENDLESS_FD_OWNED
+};
+
+struct startup_env {
+  bool from_parent = false;  // started by an endless upgrade (not by systemd or a shell)
+  std::vector<inherited_fd> fds;
+  int ready_fd = -1;
+  std::uint64_t generation = 0;
+  std::string notify_socket;
+  std::uint64_t watchdog_usec = 0;
+  std::error_code error;           // the inheritance was refused (e.g. protocol mismatch)
+  std::vector<std::string> notes;  // to be logged once a log sink exists
+};
+
+using getenv_fn = std::function<const char*(const char*)>;
+
+// Parses the protocol variables. Pure: touches no fd.
+startup_env parse_startup_env(const getenv_fn& getenv, pid_t self);
+
+std::string encode_fd_name(std::string_view name);
+std::string decode_fd_name(std::string_view encoded);
+
+// The executable to exec on upgrade: argv[0] made absolute against the start-up cwd (so a
+// symlink flip or a rename over the path runs the new file), or found in PATH, or else
+// /proc/self/exe.
+std::string resolve_executable(const std::string& argv0, const std::string& cwd,
+                               const char* path_env);
+
+struct process_start {
+  startup_env env;
+  std::string executable;
+  std::vector<std::string> argv;
+};
+
+// The snapshot taken at load time (or on first use, whichever comes first).
+process_start& startup();
+
+}  // namespace endless::core

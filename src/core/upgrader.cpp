@@ -1,0 +1,362 @@
+#include "endless/core/upgrader.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "endless/core/error.hpp"
+#include "startup.hpp"
+#include "upgrader_impl.hpp"
+
+namespace endless::core {
+namespace {
+
+std::atomic<bool> g_exists{false};
+
+void stderr_sink(std::string_view line) {
+  // Go's log format: "2006/01/02 15:04:05 message", one write per line.
+  char stamp[32];
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::localtime_r(&now, &tm);
+  size_t n = std::strftime(stamp, sizeof stamp, "%Y/%m/%d %H:%M:%S ", &tm);
+  std::string out(stamp, n);
+  out.append(line);
+  out.push_back('\n');
+  (void)!::write(STDERR_FILENO, out.data(), out.size());
+}
+
+bool hookable(int signo) {
+  switch (signo) {
+    case SIGHUP: case SIGINT: case SIGTERM: case SIGUSR1: case SIGUSR2: case SIGTSTP:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+const char* to_string(state s) noexcept {
+  switch (s) {
+    case state::starting: return "starting";
+    case state::serving: return "serving";
+    case state::upgrading: return "upgrading";
+    case state::draining: return "draining";
+    case state::stopped: return "stopped";
+  }
+  return "?";
+}
+
+upgrader::impl::impl(options o) : opts(std::move(o)), pid(::getpid()) {
+  if (!opts.log) opts.log = stderr_sink;
+  const startup_env& env = startup().env;
+  systemd = notifier(env.notify_socket);
+  watchdog_usec = env.watchdog_usec;
+  generation = env.generation;
+  has_parent = env.from_parent && !env.error;
+}
+
+void upgrader::impl::log(std::string_view line) const {
+  try {
+    opts.log(line);
+  } catch (...) {
+    // A throwing sink must not take the lifecycle down.
+  }
+}
+
+void upgrader::impl::log_pid(std::string_view text) const {
+  log(std::to_string(pid) + " " + std::string(text));
+}
+
+void upgrader::impl::notify(std::string_view msg) const {
+  if (auto ec = systemd.notify(msg)) {
+    log_pid("can't notify systemd at " + systemd.path() + ": " + ec.message());
+  }
+}
+
+void upgrader::impl::post(command c) {
+  {
+    std::lock_guard lock(mu);
+    queue.push_back(std::move(c));
+  }
+  std::uint64_t one = 1;
+  (void)!::write(wake.get(), &one, sizeof one);
+}
+
+void upgrader::impl::run_hooks(hook when, int signo) {
+  std::vector<std::function<void()>> hooks;
+  {
+    std::lock_guard lock(mu);
+    auto& table = when == hook::pre_signal ? pre_hooks : post_hooks;
+    if (auto it = table.find(signo); it != table.end()) hooks = it->second;
+  }
+  for (auto& fn : hooks) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      log_pid(std::string("signal hook threw: ") + e.what());
+    } catch (...) {
+      log_pid("signal hook threw");
+    }
+  }
+}
+
+void upgrader::impl::on_signal(int signo) {
+  run_hooks(hook::pre_signal, signo);
+  switch (signo) {
+    case SIGHUP:
+      do_upgrade(std::nullopt, true);
+      break;
+    case SIGINT:
+    case SIGTERM: {
+      const char* name = signo == SIGINT ? "SIGINT" : "SIGTERM";
+      state s = current.load();
+      if (s == state::draining || s == state::stopped) {
+        log_pid(std::string("Received ") + name + ", but already shutting down; ignored.");
+        break;
+      }
+      log_pid(std::string("Received ") + name + ".");
+      if (upgrade) abort_upgrade();
+      begin_drain(true);
+      break;
+    }
+    case SIGUSR2:
+      if (current.load() != state::draining) {
+        log_pid("Received SIGUSR2, but not shutting down; ignored.");
+        break;
+      }
+      log_pid("Received SIGUSR2.");
+      do_hammer();
+      break;
+    default:
+      break;  // SIGUSR1, SIGTSTP: hooks only
+  }
+  run_hooks(hook::post_signal, signo);
+}
+
+std::optional<int> upgrader::impl::poll_timeout_ms() const {
+  std::optional<clock::time_point> next;
+  auto consider = [&](const std::optional<clock::time_point>& t) {
+    if (t && (!next || *t < *next)) next = t;
+  };
+  if (upgrade) consider(upgrade->deadline);
+  consider(hammer_at);
+  consider(next_watchdog);
+  if (!next) return std::nullopt;
+  auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
+  return static_cast<int>(std::clamp<long long>(ms, 0, 60'000));
+}
+
+void upgrader::impl::on_timers() {
+  auto now = clock::now();
+  if (upgrade && now >= upgrade->deadline) {
+    fail_upgrade(errc::ready_timeout,
+                 "new process " + std::to_string(upgrade->child.pid) + " was not ready within " +
+                     std::to_string(opts.upgrade_timeout.count()) + " ms");
+  }
+  if (hammer_at && now >= *hammer_at) do_hammer();
+  if (next_watchdog && now >= *next_watchdog) {
+    state s = current.load();
+    // After a hand-over the new process pings; a final drain still owes systemd pings.
+    if (s == state::stopped || (s == state::draining && !final_shutdown)) {
+      next_watchdog.reset();
+    } else {
+      notify("WATCHDOG=1");
+      next_watchdog = now + std::chrono::microseconds(watchdog_usec / 2);
+    }
+  }
+}
+
+void upgrader::impl::loop() {
+  for (;;) {
+    pollfd fds[4];
+    int n = 0;
+    fds[n++] = {wake.get(), POLLIN, 0};
+    int sig_at = -1, channel_at = -1, child_at = -1;
+    if (signals) {
+      sig_at = n;
+      fds[n++] = {signals->read_fd(), POLLIN, 0};
+    }
+    if (upgrade) {
+      channel_at = n;
+      fds[n++] = {upgrade->channel.get(), POLLIN, 0};
+      child_at = n;
+      fds[n++] = {upgrade->child.pidfd.get(), POLLIN, 0};
+    }
+    auto timeout = poll_timeout_ms();
+    int rc = ::poll(fds, static_cast<nfds_t>(n), timeout ? *timeout : -1);
+    if (rc < 0 && errno != EINTR) {
+      log_pid(std::string("upgrader poll failed: ") + std::strerror(errno));
+      ::usleep(10'000);  // never spin
+    }
+    if (rc > 0 && sig_at >= 0 && fds[sig_at].revents) {
+      for (int signo : signals->take()) on_signal(signo);
+    }
+    if (rc > 0 && fds[0].revents) {
+      std::uint64_t count;
+      (void)!::read(wake.get(), &count, sizeof count);
+      std::deque<command> batch;
+      {
+        std::lock_guard lock(mu);
+        batch.swap(queue);
+      }
+      for (auto& c : batch) {
+        using kind = command::kind;
+        switch (c.what) {
+          case kind::ready: c.result.set_value(do_ready()); break;
+          case kind::upgrade: do_upgrade(std::move(c.result), false); break;
+          case kind::shutdown:
+            if (current.load() == state::draining || current.load() == state::stopped) break;
+            log_pid("Shutdown requested.");
+            if (upgrade) abort_upgrade();
+            begin_drain(true);
+            break;
+          case kind::hammer:
+            if (current.load() == state::draining) do_hammer();
+            break;
+          case kind::drained: on_service_drained(c.from); break;
+          case kind::quit: return;
+        }
+      }
+    }
+    // The readiness byte wins over the deadline and over the exit seen in the same round:
+    // a child that said 'R' and then died is the new server's problem, not a rollback.
+    if (rc > 0 && upgrade && channel_at >= 0 && fds[channel_at].revents) on_channel_readable();
+    if (rc > 0 && upgrade && child_at >= 0 && fds[child_at].revents) on_child_exited();
+    on_timers();
+  }
+}
+
+// ---------------------------------------------------------------- public API
+
+upgrader::upgrader(options opts) {
+  bool expected = false;
+  if (!g_exists.compare_exchange_strong(expected, true)) {
+    throw std::system_error(make_error_code(std::errc::device_or_resource_busy),
+                            "only one endless::core::upgrader may exist per process");
+  }
+  try {
+    impl_ = std::make_unique<impl>(std::move(opts));
+    impl_->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!impl_->wake) throw std::system_error(errno, std::system_category(), "eventfd");
+    if (impl_->opts.handle_signals) {
+      impl_->signals.emplace();
+      for (int s : {SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2}) impl_->signals->handle(s);
+    }
+    for (const auto& note : startup().env.notes) impl_->log_pid(note);
+    impl_->thread = std::thread([this] { impl_->loop(); });
+    impl_->thread_id = impl_->thread.get_id();
+  } catch (...) {
+    impl_.reset();
+    g_exists.store(false);
+    throw;
+  }
+}
+
+upgrader::~upgrader() {
+  impl_->post({impl::command::kind::quit, {}, nullptr});
+  impl_->thread.join();
+  if (impl_->upgrade) {
+    impl_->log_pid("upgrader destroyed during an upgrade; killing new process " +
+                   std::to_string(impl_->upgrade->child.pid));
+    (void)kill_and_reap(impl_->upgrade->child);
+  }
+  impl_.reset();  // restores signal handlers
+  g_exists.store(false);
+}
+
+unique_fd upgrader::listen(std::string_view network, std::string_view address) {
+  return registry::instance().listen(network, address);
+}
+
+unique_fd upgrader::listen(std::string_view network, std::string_view address,
+                           std::error_code& ec) noexcept {
+  return registry::instance().listen(network, address, ec);
+}
+
+void upgrader::attach(drainable& d) {
+  std::lock_guard lock(impl_->mu);
+  impl_->services.push_back(&d);
+}
+
+void upgrader::detach(drainable& d) {
+  {
+    std::lock_guard lock(impl_->mu);
+    std::erase(impl_->services, &d);
+  }
+  // A detached server no longer holds up the drain.
+  impl_->post({impl::command::kind::drained, {}, &d});
+}
+
+void upgrader::on(hook when, int signo, std::function<void()> fn) {
+  if (!hookable(signo)) {
+    throw std::invalid_argument("endless: no hooks for signal " + std::to_string(signo));
+  }
+  {
+    std::lock_guard lock(impl_->mu);
+    auto& table = when == hook::pre_signal ? impl_->pre_hooks : impl_->post_hooks;
+    table[signo].push_back(std::move(fn));
+  }
+  // SIGTSTP keeps its default (stop, so Ctrl-Z works) until someone hooks it.
+  if (signo == SIGTSTP && impl_->signals) impl_->signals->handle(SIGTSTP);
+}
+
+void upgrader::on_shutdown(std::function<void()> fn) {
+  std::lock_guard lock(impl_->mu);
+  impl_->shutdown_hooks.push_back(std::move(fn));
+}
+
+void upgrader::ready() {
+  std::error_code ec;
+  ready(ec);
+  if (ec) throw_error(ec, "endless: ready() failed");
+}
+
+void upgrader::ready(std::error_code& ec) noexcept {
+  if (std::this_thread::get_id() == impl_->thread_id) {
+    ec = impl_->do_ready();
+    return;
+  }
+  impl::command c{impl::command::kind::ready, {}, nullptr};
+  auto result = c.result.get_future();
+  impl_->post(std::move(c));
+  ec = result.get();
+}
+
+std::future<std::error_code> upgrader::upgrade() {
+  impl::command c{impl::command::kind::upgrade, {}, nullptr};
+  auto result = c.result.get_future();
+  impl_->post(std::move(c));
+  return result;
+}
+
+void upgrader::shutdown() { impl_->post({impl::command::kind::shutdown, {}, nullptr}); }
+
+void upgrader::hammer() { impl_->post({impl::command::kind::hammer, {}, nullptr}); }
+
+void upgrader::wait() {
+  std::unique_lock lock(impl_->mu);
+  impl_->stopped_cv.wait(lock, [&] { return impl_->current.load() == state::stopped; });
+}
+
+bool upgrader::wait_for(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(impl_->mu);
+  return impl_->stopped_cv.wait_for(lock, timeout,
+                                    [&] { return impl_->current.load() == state::stopped; });
+}
+
+state upgrader::current_state() const noexcept { return impl_->current.load(); }
+bool upgrader::has_parent() const noexcept { return impl_->has_parent; }
+std::uint64_t upgrader::generation() const noexcept { return impl_->generation; }
+std::uint64_t upgrader::upgrades() const noexcept { return impl_->upgrades.load(); }
+std::uint64_t upgrader::failed_upgrades() const noexcept { return impl_->failed_upgrades.load(); }
+void upgrader::log(std::string_view line) const { impl_->log(line); }
+
+}  // namespace endless::core

@@ -1,0 +1,102 @@
+// The upgrader's insides (internal), shared by the files that each own one side of it:
+//   upgrader.cpp  public API, the thread's event loop, signals and hooks
+//   parent.cpp    the old process's side of an upgrade: spawn, wait for ready, roll back
+//   child.cpp     the new process's side: ready() and the handshake
+//   drain.cpp     the drain order, the hammer, the end
+// Fields marked (thread) are touched only by the upgrader's thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "endless/core/upgrader.hpp"
+#include "sd_notify.hpp"
+#include "signals.hpp"
+#include "spawn.hpp"
+
+namespace endless::core {
+
+using clock = std::chrono::steady_clock;
+
+struct upgrader::impl {
+  explicit impl(options o);
+
+  // --- set at construction, then read-only
+  options opts;
+  pid_t pid;
+  notifier systemd;
+  std::uint64_t watchdog_usec = 0;
+  std::uint64_t generation = 0;
+  bool has_parent = false;
+
+  // --- guarded by mu
+  std::mutex mu;
+  std::condition_variable stopped_cv;
+  struct command {
+    enum class kind { ready, upgrade, shutdown, hammer, drained, quit } what;
+    std::promise<std::error_code> result;  // ready, upgrade
+    const drainable* from = nullptr;         // drained
+  };
+  std::deque<command> queue;
+  std::vector<drainable*> services;
+  std::map<int, std::vector<std::function<void()>>> pre_hooks, post_hooks;
+  std::vector<std::function<void()>> shutdown_hooks;
+
+  std::atomic<state> current{state::starting};
+  std::atomic<std::uint64_t> upgrades{0}, failed_upgrades{0};
+
+  unique_fd wake;  // eventfd
+  std::optional<signal_pipe> signals;
+  std::thread thread;
+  std::thread::id thread_id;
+
+  // --- (thread)
+  struct upgrade_in_flight {
+    spawned child;
+    unique_fd channel;  // our end of the readiness socketpair
+    clock::time_point deadline;
+    std::vector<std::promise<std::error_code>> waiting;
+  };
+  std::optional<upgrade_in_flight> upgrade;
+  std::vector<const drainable*> draining_services;
+  bool final_shutdown = false;
+  std::optional<clock::time_point> hammer_at;
+  std::optional<clock::time_point> next_watchdog;
+
+  // upgrader.cpp
+  void post(command c);
+  void loop();
+  void on_signal(int signo);
+  void run_hooks(hook when, int signo);
+  void log(std::string_view line) const;
+  void log_pid(std::string_view text) const;  // "<pid> text"
+  void notify(std::string_view state) const;
+  std::optional<int> poll_timeout_ms() const;
+  void on_timers();
+
+  // child.cpp
+  std::error_code do_ready();
+
+  // parent.cpp
+  void do_upgrade(std::optional<std::promise<std::error_code>> result, bool from_signal);
+  void on_channel_readable();
+  void on_child_exited();
+  void fail_upgrade(std::error_code ec, const std::string& why, bool kill_child = true);
+  void abort_upgrade();
+
+  // drain.cpp
+  void begin_drain(bool final);
+  void on_service_drained(const drainable* d);
+  void do_hammer();
+  void finish();
+};
+
+}  // namespace endless::core
