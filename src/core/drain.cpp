@@ -78,11 +78,9 @@ void upgrader::impl::finish() {
   hammer_at.reset();
   if (final_shutdown && !opts.pid_file.empty()) remove_pid_file(opts.pid_file, pid);
   log_pid(final_shutdown ? "Shut down." : "Handed over; exiting.");
-  {
-    std::lock_guard lock(mu);
-    current.store(state::stopped);
-  }
-  stopped_cv.notify_all();
+  // wait() returns at the end of this loop round, after the post-signal hooks of the
+  // signal being handled (if any) have run.
+  drained = true;
 }
 
 }  // namespace endless::core

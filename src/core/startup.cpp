@@ -89,14 +89,14 @@ startup_env parse_startup_env(const getenv_fn& getenv, pid_t self) {
   env.from_parent = proto != nullptr;
   int version = 0;
   if (env.from_parent && (!parse_number(proto, version) || version != p::kVersion)) {
+    // The fds are still parsed below, so that they can be closed rather than leaked.
     env.error = errc::protocol_mismatch;
     env.notes.push_back(std::string("refusing the listeners of the old process: it speaks "
                                     "endless upgrade protocol ") +
                         proto + ", this binary speaks " + std::to_string(p::kVersion));
-    return env;
   }
   parse_number(getenv(p::kGeneration), env.generation);
-  if (env.from_parent) {
+  if (env.from_parent && !env.error) {
     int ready = -1;
     if (parse_number(getenv(p::kReadyFd), ready) && ready >= 0) env.ready_fd = ready;
   }
@@ -162,6 +162,10 @@ process_start take_snapshot() {
   // The inherited fds (and the readiness channel) must not leak into anything this process
   // execs except through an upgrade, which passes them explicitly.
   for (const auto& fd : s.env.fds) ::fcntl(fd.fd, F_SETFD, FD_CLOEXEC);
+  if (s.env.error) {
+    for (const auto& fd : s.env.fds) ::close(fd.fd);
+    s.env.fds.clear();
+  }
   if (s.env.ready_fd >= 0) ::fcntl(s.env.ready_fd, F_SETFD, FD_CLOEXEC);
   for (const char* name : protocol::kAllVariables) ::unsetenv(name);
 

@@ -231,6 +231,13 @@ void upgrader::impl::loop() {
     if (rc > 0 && upgrade && channel_at >= 0 && fds[channel_at].revents) on_channel_readable();
     if (rc > 0 && upgrade && child_at >= 0 && fds[child_at].revents) on_child_exited();
     on_timers();
+    if (drained && current.load() != state::stopped) {
+      {
+        std::lock_guard lock(mu);
+        current.store(state::stopped);
+      }
+      stopped_cv.notify_all();
+    }
   }
 }
 

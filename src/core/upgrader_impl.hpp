@@ -68,6 +68,7 @@ struct upgrader::impl {
   std::optional<upgrade_in_flight> upgrade;
   std::vector<const drainable*> draining_services;
   bool final_shutdown = false;
+  bool drained = false;  // finish() ran; becomes state::stopped at the end of the round
   std::optional<clock::time_point> hammer_at;
   std::optional<clock::time_point> next_watchdog;
 

@@ -61,6 +61,8 @@ std::string protocol_variables_seen() {
   return seen.empty() ? "none" : seen;
 }
 
+std::string tag() { return std::to_string(::getpid()) + " "; }
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -144,13 +146,13 @@ int main(int argc, char** argv) {
       if (hooks) {
         // One set of hooks per server: they must run once each, in registration order.
         std::string id = std::to_string(servers.size());
-        for (int sig : {SIGHUP, SIGUSR1, SIGTERM}) {
+        for (int sig : {SIGHUP, SIGUSR1, SIGTERM, SIGTSTP}) {
           up.on(endless::core::pre_signal, sig,
-                [&up, id, sig] { up.log("hook pre " + std::to_string(sig) + " " + id); });
+                [&up, id, sig] { up.log(tag() + "hook pre " + std::to_string(sig) + " " + id); });
           up.on(endless::core::post_signal, sig,
-                [&up, id, sig] { up.log("hook post " + std::to_string(sig) + " " + id); });
+                [&up, id, sig] { up.log(tag() + "hook post " + std::to_string(sig) + " " + id); });
         }
-        up.on_shutdown([&up, id] { up.log("hook shutdown " + id); });
+        up.on_shutdown([&up, id] { up.log(tag() + "hook shutdown " + id); });
       }
       up.attach(*srv);
       servers.push_back(std::move(srv));

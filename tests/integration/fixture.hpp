@@ -1,0 +1,66 @@
+// A core_helper under test: started with a pid file and a log in a fresh directory, on a
+// kernel-chosen port, waited for until ready. Upgrades are waited for the same way.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <string>
+#include <vector>
+
+#include "support/process.hpp"
+
+namespace endless::test {
+
+class core_fixture : public ::testing::Test {
+ protected:
+  temp_dir dir;
+  processes procs;
+  std::string log = dir / "log";
+  std::string pidfile = dir / "pid";
+  int port = 0;
+
+  // Starts `exe` with --pidfile and `args`; waits until it is ready (the pid file names it).
+  pid_t start(std::vector<std::string> args, std::map<std::string, std::string> env = {},
+              const std::string& exe = HELPER_PATH) {
+    processes::spec s;
+    s.argv = {exe, "--pidfile", pidfile};
+    s.argv.insert(s.argv.end(), args.begin(), args.end());
+    s.env = std::move(env);
+    s.log = log;
+    return started(procs.start(s));
+  }
+
+  pid_t started(pid_t pid) {
+    EXPECT_TRUE(wait_until([&] { return read_pid(pidfile) == pid; }, 10s))
+        << "not ready:\n" << read_file(log);
+    port = logged_port(log, pid);
+    return pid;
+  }
+
+  // SIGHUP to `old`; waits until a new process is ready and answering. Returns its pid.
+  pid_t upgrade(pid_t old) {
+    ::kill(old, SIGHUP);
+    pid_t next = -1;
+    bool ok = wait_until(
+        [&] {
+          next = read_pid(pidfile);
+          return next > 0 && next != old;
+        },
+        15s);
+    EXPECT_TRUE(ok) << "no new process after SIGHUP:\n" << read_file(log);
+    if (!ok) return -1;
+    procs.track(next);
+    EXPECT_TRUE(wait_until([&] { return http_get(port, "/pid").x_pid == next; }, 10s))
+        << read_file(log);
+    return next;
+  }
+
+  std::string get_body(const std::string& target) {
+    auto r = http_get(port, target);
+    EXPECT_TRUE(r.ok) << r.error;
+    return r.body;
+  }
+};
+
+}  // namespace endless::test

@@ -1,0 +1,161 @@
+// systemd integration against sockets the test owns: the notify protocol (who says what,
+// in which order, from which pid), the watchdog moving to the new process, and socket
+// activation with systemd-socket-activate.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "fixture.hpp"
+
+namespace endless::test {
+namespace {
+
+struct message {
+  pid_t pid;
+  std::string text;
+};
+
+// A NOTIFY_SOCKET of our own, reading the sender's pid from SCM_CREDENTIALS.
+class notify_socket {
+ public:
+  explicit notify_socket(const std::string& path) : path_(path) {
+    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    sockaddr_un un{};
+    un.sun_family = AF_UNIX;
+    std::snprintf(un.sun_path, sizeof un.sun_path, "%s", path.c_str());
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&un), sizeof un), 0);
+    int one = 1;
+    ::setsockopt(fd_, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+  }
+  ~notify_socket() { ::close(fd_); }
+
+  // Everything received so far.
+  const std::vector<message>& read() {
+    for (;;) {
+      char buf[4096];
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+      iovec iov{buf, sizeof buf};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      ssize_t n = ::recvmsg(fd_, &msg, 0);
+      if (n < 0) break;
+      pid_t pid = 0;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+          ucred cred;
+          std::memcpy(&cred, CMSG_DATA(c), sizeof cred);
+          pid = cred.pid;
+        }
+      }
+      messages_.push_back({pid, std::string(buf, static_cast<size_t>(n))});
+    }
+    return messages_;
+  }
+
+  bool saw(pid_t pid, const std::string& text) {
+    for (const auto& m : read()) {
+      if (m.pid == pid && m.text == text) return true;
+    }
+    return false;
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  std::vector<message> messages_;
+};
+
+class systemd_test : public core_fixture {};
+
+TEST_F(systemd_test, notify_messages_come_in_order_from_the_right_pid) {
+  notify_socket sd(dir / "notify");
+  pid_t a = start({"--addr", "127.0.0.1:0"},
+                  {{"NOTIFY_SOCKET", dir / "notify"}, {"WATCHDOG_USEC", "200000"}});
+  ASSERT_TRUE(wait_until([&] { return sd.saw(a, "WATCHDOG=1"); }, 5s));
+  pid_t b = upgrade(a);
+  ASSERT_TRUE(procs.wait_gone(a, 10s));
+  ASSERT_TRUE(wait_until([&] { return sd.saw(b, "WATCHDOG=1"); }, 5s))
+      << "the watchdog did not move to the new process";
+  ::kill(b, SIGTERM);
+  ASSERT_TRUE(procs.wait_gone(b, 10s));
+
+  std::vector<message> others;
+  size_t handed_over_at = 0;
+  const auto& all = sd.read();
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (all[i].text == "MAINPID=" + std::to_string(b)) handed_over_at = i;
+    if (all[i].text != "WATCHDOG=1") others.push_back(all[i]);
+  }
+  ASSERT_EQ(others.size(), 5u);
+  EXPECT_EQ(others[0].pid, a);
+  EXPECT_EQ(others[0].text, "READY=1");
+  EXPECT_EQ(others[1].pid, a);
+  EXPECT_EQ(others[1].text.rfind("RELOADING=1\nMONOTONIC_USEC=", 0), 0u) << others[1].text;
+  EXPECT_EQ(others[2].pid, a) << "systemd only takes MAINPID from the current main pid";
+  EXPECT_EQ(others[2].text, "MAINPID=" + std::to_string(b));
+  EXPECT_EQ(others[3].pid, b);
+  EXPECT_EQ(others[3].text, "MAINPID=" + std::to_string(b) + "\nREADY=1");
+  EXPECT_EQ(others[4].pid, b);
+  EXPECT_EQ(others[4].text, "STOPPING=1");
+  for (size_t i = handed_over_at; i < all.size(); ++i) {
+    EXPECT_FALSE(all[i].pid == a && all[i].text == "WATCHDOG=1")
+        << "the old process kept pinging the watchdog after the hand-over";
+  }
+}
+
+TEST_F(systemd_test, failed_upgrade_tells_systemd_it_is_ready_again) {
+  notify_socket sd(dir / "notify");
+  const std::string fault = dir / "fault";
+  pid_t a = start({"--addr", "127.0.0.1:0", "--fault-file", fault},
+                  {{"NOTIFY_SOCKET", dir / "notify"}});
+  write_file(fault, "exit1");
+  ::kill(a, SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 10s));
+  ASSERT_TRUE(wait_until([&] { return sd.read().size() >= 3; }, 5s));
+  const auto& all = sd.read();
+  EXPECT_EQ(all[1].text.rfind("RELOADING=1", 0), 0u);
+  EXPECT_EQ(all[2].pid, a);
+  EXPECT_EQ(all[2].text.rfind("READY=1\nSTATUS=upgrade failed: ", 0), 0u) << all[2].text;
+}
+
+TEST_F(systemd_test, socket_activation_on_first_start_then_upgrade) {
+  const std::string sock = dir / "sock";
+  processes::spec s;
+  s.argv = {"/usr/bin/systemd-socket-activate", "-l", sock, HELPER_PATH, "--pidfile", pidfile,
+            "--unix", sock};
+  s.log = log;
+  pid_t pid = procs.start(s);
+  ASSERT_TRUE(wait_until([&] { return std::filesystem::exists(sock); }, 5s)) << read_file(log);
+  struct stat before{};
+  ASSERT_EQ(::stat(sock.c_str(), &before), 0);
+  // systemd-socket-activate execs the server on the first connection, keeping its pid.
+  auto r = http_get_unix(sock, "/pid", 10000);
+  ASSERT_TRUE(r.ok) << r.error << "\n" << read_file(log);
+  EXPECT_EQ(r.x_pid, pid);
+  ASSERT_TRUE(wait_until([&] { return read_pid(pidfile) == pid; }, 5s));
+  EXPECT_EQ(count_lines(log, "closed inherited listener"), 0) << read_file(log);
+
+  ::kill(pid, SIGHUP);
+  pid_t next = -1;
+  ASSERT_TRUE(wait_until([&] { return (next = read_pid(pidfile)) != pid && next > 0; }, 10s));
+  procs.track(next);
+  ASSERT_TRUE(procs.wait_gone(pid, 10s));
+  r = http_get_unix(sock, "/pid");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.x_pid, next);
+  ::kill(next, SIGTERM);
+  ASSERT_TRUE(procs.wait_gone(next, 10s));
+  struct stat after{};
+  EXPECT_EQ(::stat(sock.c_str(), &after), 0) << "unlinked a socket path that systemd owns";
+  EXPECT_EQ(after.st_ino, before.st_ino);
+}
+
+}  // namespace
+}  // namespace endless::test

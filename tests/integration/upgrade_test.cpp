@@ -1,0 +1,199 @@
+// Upgrades with real processes: the socket survives, the pid file follows, no client
+// is refused or reset, failed new processes are rolled back, fds do not leak.
+#include <sys/stat.h>
+
+#include <atomic>
+#include <filesystem>
+#include <thread>
+
+#include "fixture.hpp"
+
+namespace endless::test {
+namespace {
+
+class upgrade_test : public core_fixture {};
+
+TEST_F(upgrade_test, same_socket_and_pid_file_across_three_upgrades) {
+  pid_t pid = start({"--addr", "127.0.0.1:0"});
+  ASSERT_GT(port, 0);
+  const std::string inode = get_body("/inode");
+  EXPECT_EQ(get_body("/pid"), std::to_string(pid));
+  for (int i = 1; i <= 3; ++i) {
+    pid_t next = upgrade(pid);
+    ASSERT_GT(next, 0);
+    EXPECT_EQ(get_body("/inode"), inode) << "upgrade " << i << " changed the listening socket";
+    EXPECT_EQ(get_body("/generation"), std::to_string(i));
+    EXPECT_EQ(read_pid(pidfile), next);
+    EXPECT_TRUE(procs.wait_gone(pid, 10s)) << "old process " << pid << " did not exit";
+    EXPECT_EQ(read_pid(pidfile), next) << "the old process touched the pid file on its way out";
+    pid = next;
+  }
+  EXPECT_EQ(get_body("/env"), "none") << "protocol variables leak to what the app starts";
+}
+
+TEST_F(upgrade_test, tight_connect_loop_sees_no_refused_or_reset_connection) {
+  pid_t pid = start({"--addr", "127.0.0.1:0"});
+  std::atomic<bool> stop{false};
+  std::atomic<int> requests{0};
+  std::vector<std::string> failures;
+  std::set<pid_t> served_by;
+  std::thread client([&] {
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (!stop && std::chrono::steady_clock::now() < deadline && requests < 200000) {
+      auto r = http_get(port, "/");
+      ++requests;
+      if (!r.ok || r.status != 200 || r.body != "Hello Zero-Downtime!\n") {
+        failures.push_back(r.error.empty() ? "status " + std::to_string(r.status) : r.error);
+      } else {
+        served_by.insert(r.x_pid);
+      }
+    }
+  });
+  for (int i = 0; i < 3; ++i) {
+    int before = requests;
+    ASSERT_TRUE(wait_until([&] { return requests > before + 300; }, 10s));
+    pid = upgrade(pid);
+    ASSERT_GT(pid, 0);
+  }
+  int before = requests;
+  ASSERT_TRUE(wait_until([&] { return requests > before + 300; }, 10s));
+  stop = true;
+  client.join();
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failed of " << requests
+                                << ", first: " << failures.front();
+  EXPECT_EQ(served_by.size(), 4u) << "requests were not served by all four processes";
+}
+
+struct fault_case {
+  const char* fault;
+  const char* logged;
+};
+
+class failed_upgrade_test : public core_fixture,
+                            public ::testing::WithParamInterface<fault_case> {};
+
+TEST_P(failed_upgrade_test, old_process_keeps_serving_and_a_later_upgrade_succeeds) {
+  const std::string fault_file = dir / "fault";
+  pid_t pid = start({"--addr", "127.0.0.1:0", "--upgrade-timeout", "1500", "--fault-file",
+                     fault_file});
+  write_file(fault_file, GetParam().fault);
+  ::kill(pid, SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 10s))
+      << read_file(log);
+  EXPECT_EQ(count_lines(log, GetParam().logged), 1) << read_file(log);
+  // Still the old process, still answering, pid file untouched.
+  EXPECT_EQ(read_pid(pidfile), pid);
+  for (int i = 0; i < 20; ++i) {
+    auto r = http_get(port, "/pid");
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.x_pid, pid);
+  }
+  std::filesystem::remove(fault_file);
+  pid_t next = upgrade(pid);
+  EXPECT_GT(next, 0);
+  EXPECT_TRUE(procs.wait_gone(pid, 10s));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    faults, failed_upgrade_test,
+    ::testing::Values(fault_case{"exit1", "exited with status 1 before it was ready"},
+                      fault_case{"noready", "was not ready within 1500 ms"},
+                      fault_case{"segv", "was killed by signal 11"}),
+    [](const auto& p) { return std::string(p.param.fault); });
+
+TEST_F(upgrade_test, missing_binary_is_reported_and_old_keeps_serving) {
+  // A copy of the helper that the "deploy" then deletes.
+  const std::string exe = dir / "app";
+  std::filesystem::copy_file(HELPER_PATH, exe);
+  pid_t pid = start({"--addr", "127.0.0.1:0"}, {}, exe);
+  std::filesystem::remove(exe);
+  ::kill(pid, SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 10s));
+  EXPECT_EQ(count_lines(log, "exec " + exe + ": No such file or directory"), 1) << read_file(log);
+  EXPECT_EQ(http_get(port, "/pid").x_pid, pid);
+}
+
+TEST_F(upgrade_test, sighup_twice_in_a_row_starts_one_upgrade) {
+  pid_t pid = start({"--addr", "127.0.0.1:0"});
+  // A slow request keeps the old process alive (upgrading, then draining) for the second
+  // signal; two signals sent at once could merge into one pending signal in the kernel.
+  in_flight slow(port, "/sleep?ms=2000");
+  ::kill(pid, SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "forking.") == 1; }, 5s));
+  ::kill(pid, SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "ignored.") == 1; }, 5s))
+      << read_file(log);
+  auto r = slow.finish();
+  EXPECT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.x_pid, pid);
+  pid_t next = -1;
+  ASSERT_TRUE(wait_until([&] { return (next = read_pid(pidfile)) != pid && next > 0; }, 10s));
+  procs.track(next);
+  ASSERT_TRUE(procs.wait_gone(pid, 10s));
+  EXPECT_EQ(count_lines(log, "forking."), 1) << read_file(log);
+  EXPECT_EQ(count_lines(log, "ignored."), 1) << read_file(log);
+  EXPECT_EQ(count_lines(log, " tcp:127.0.0.1:"), 2) << "more than one new process started";
+  EXPECT_EQ(http_get(port, "/pid").x_pid, next);
+}
+
+TEST_F(upgrade_test, tcp_and_unix_listeners_upgrade_together) {
+  const std::string sock = dir / "sock";
+  pid_t pid = start({"--addr", "127.0.0.1:0", "--unix", sock});
+  struct stat before{};
+  ASSERT_EQ(::stat(sock.c_str(), &before), 0);
+  ASSERT_EQ(http_get_unix(sock, "/pid").x_pid, pid);
+  pid_t next = upgrade(pid);
+  ASSERT_TRUE(procs.wait_gone(pid, 10s));
+  auto r = http_get_unix(sock, "/pid");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.x_pid, next);
+  EXPECT_EQ(http_get(port, "/pid").x_pid, next);
+  struct stat after{};
+  ASSERT_EQ(::stat(sock.c_str(), &after), 0) << "the old process unlinked the socket path";
+  EXPECT_EQ(after.st_ino, before.st_ino);
+  // A final shutdown removes the path it created.
+  ::kill(next, SIGTERM);
+  ASSERT_TRUE(procs.wait_gone(next, 10s));
+  EXPECT_FALSE(std::filesystem::exists(sock));
+}
+
+TEST_F(upgrade_test, other_fds_are_passed_along_by_name) {
+  pid_t pid = start({"--addr", "127.0.0.1:0", "--udp", "udp:stats"});
+  const std::string inode = get_body("/udp");
+  ASSERT_NE(inode, "0");
+  pid = upgrade(pid);
+  EXPECT_EQ(get_body("/udp"), inode);
+}
+
+TEST_F(upgrade_test, rename_deploy_runs_the_new_binary_even_after_chdir) {
+  const std::string app = dir / "app";
+  std::filesystem::copy_file(HELPER_PATH, app);
+  processes::spec s;
+  s.argv = {"./app", "--pidfile", pidfile, "--addr", "127.0.0.1:0", "--chdir", "/"};
+  s.cwd = dir.path;
+  s.log = log;
+  pid_t pid = started(procs.start(s));
+  EXPECT_EQ(get_body("/version"), "1");
+  // Build the new version beside it and rename it over the old path, as deploys do.
+  std::filesystem::copy_file(HELPER_V2_PATH, dir / "app.new");
+  std::filesystem::rename(dir / "app.new", app);
+  pid = upgrade(pid);
+  EXPECT_EQ(get_body("/version"), "2");
+}
+
+TEST_F(upgrade_test, no_fd_leak_over_twenty_upgrades) {
+  pid_t pid = start({"--addr", "127.0.0.1:0", "--unix", dir / "sock"});
+  pid = upgrade(pid);
+  const std::string fds = get_body("/fds");
+  for (int i = 2; i <= 20; ++i) {
+    pid_t next = upgrade(pid);
+    ASSERT_GT(next, 0) << "upgrade " << i;
+    ASSERT_TRUE(procs.wait_gone(pid, 10s));
+    pid = next;
+  }
+  EXPECT_EQ(get_body("/fds"), fds) << "open fds grew over 20 upgrades";
+  EXPECT_EQ(get_body("/generation"), "20");
+}
+
+}  // namespace
+}  // namespace endless::test

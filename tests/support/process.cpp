@@ -1,0 +1,292 @@
+#include "process.hpp"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+extern char** environ;
+
+namespace endless::test {
+
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (pred()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+}
+
+temp_dir::temp_dir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "endless-test-XXXXXX").string();
+  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+  path = tmpl;
+}
+
+temp_dir::~temp_dir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+}
+
+namespace {
+
+int left_ms(std::chrono::steady_clock::time_point deadline) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now())
+                .count();
+  return static_cast<int>(std::max<long long>(ms, 0));
+}
+
+// Connects and sends the request; returns the error or "".
+std::string send_request(int fd, const sockaddr* sa, socklen_t len, const std::string& target,
+                         int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  if (::connect(fd, sa, len) != 0 && errno != EINPROGRESS) {
+    return std::string("connect: ") + std::strerror(errno);
+  }
+  pollfd p{fd, POLLOUT, 0};
+  if (::poll(&p, 1, left_ms(deadline)) != 1) return "connect: timeout";
+  int err = 0;
+  socklen_t elen = sizeof err;
+  ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+  if (err) return std::string("connect: ") + std::strerror(err);
+  std::string req = "GET " + target + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+  if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+    return std::string("send: ") + std::strerror(errno);
+  }
+  return "";
+}
+
+http_result exchange(int fd, const sockaddr* sa, socklen_t len, const std::string& target,
+                     int timeout_ms) {
+  http_result r;
+  r.error = send_request(fd, sa, len, target, timeout_ms);
+  if (!r.error.empty()) return r;
+  return read_response(fd, timeout_ms);
+}
+
+}  // namespace
+
+http_result read_response(int fd, int timeout_ms) {
+  http_result r;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::string data;
+  for (;;) {
+    pollfd q{fd, POLLIN, 0};
+    int rc = ::poll(&q, 1, left_ms(deadline));
+    if (rc == 0) {
+      r.error = "timeout";
+      return r;
+    }
+    char buf[4096];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      r.error = errno == ECONNRESET ? "reset" : std::string("recv: ") + std::strerror(errno);
+      return r;
+    }
+    if (n == 0) break;
+    data.append(buf, static_cast<size_t>(n));
+  }
+  size_t head_end = data.find("\r\n\r\n");
+  if (head_end == std::string::npos || data.compare(0, 9, "HTTP/1.1 ") != 0) {
+    r.error = data.empty() ? "eof" : "malformed response";
+    return r;
+  }
+  r.status = std::atoi(data.c_str() + 9);
+  std::string head = data.substr(0, head_end);
+  size_t cl = head.find("Content-Length: ");
+  size_t length = cl == std::string::npos ? 0 : std::stoul(head.substr(cl + 16));
+  r.body = data.substr(head_end + 4);
+  if (r.body.size() != length) {
+    r.error = "short body";
+    return r;
+  }
+  if (size_t xp = head.find("X-Pid: "); xp != std::string::npos) {
+    r.x_pid = std::atoi(head.c_str() + xp + 7);
+  }
+  if (size_t c = head.find("Connection: "); c != std::string::npos) {
+    r.connection = head.substr(c + 12, head.find("\r\n", c) - c - 12);
+  }
+  r.ok = true;
+  return r;
+}
+
+namespace {
+sockaddr_in loopback(int port) {
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  in.sin_port = htons(static_cast<uint16_t>(port));
+  return in;
+}
+}  // namespace
+
+http_result http_get(int port, const std::string& target, int timeout_ms) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_in in = loopback(port);
+  auto r = exchange(fd, reinterpret_cast<sockaddr*>(&in), sizeof in, target, timeout_ms);
+  ::close(fd);
+  return r;
+}
+
+in_flight::in_flight(int port, const std::string& target) {
+  fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_in in = loopback(port);
+  error_ = send_request(fd_, reinterpret_cast<sockaddr*>(&in), sizeof in, target, 5000);
+  // Accept queues are FIFO and the server accepts in order: once a later connection is
+  // answered, this one has been accepted too.
+  if (error_.empty() && !http_get(port, "/pid").ok) error_ = "server did not answer";
+}
+
+in_flight::~in_flight() { ::close(fd_); }
+
+http_result in_flight::finish(int timeout_ms) {
+  if (!error_.empty()) {
+    http_result r;
+    r.error = error_;
+    return r;
+  }
+  return read_response(fd_, timeout_ms);
+}
+
+http_result http_get_unix(const std::string& path, const std::string& target, int timeout_ms) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  std::snprintf(un.sun_path, sizeof un.sun_path, "%s", path.c_str());
+  auto r = exchange(fd, reinterpret_cast<sockaddr*>(&un), sizeof un, target, timeout_ms);
+  ::close(fd);
+  return r;
+}
+
+processes::processes() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
+
+processes::~processes() {
+  for (pid_t pid : tracked_) {
+    if (!gone(pid)) ::kill(pid, SIGKILL);
+  }
+  for (pid_t pid : tracked_) wait_gone(pid, 5s);
+}
+
+pid_t processes::start(const spec& s) {
+  // Prepare everything before fork.
+  std::map<std::string, std::string> env;
+  for (char** e = environ; *e; ++e) {
+    std::string kv = *e;
+    auto eq = kv.find('=');
+    env[kv.substr(0, eq)] = eq == std::string::npos ? "" : kv.substr(eq + 1);
+  }
+  for (const auto& [k, v] : s.env) env[k] = v;
+  std::vector<std::string> env_strings;
+  for (const auto& [k, v] : env) {
+    if (k != "LISTEN_PID" || !s.listen_pid_self) env_strings.push_back(k + "=" + v);
+  }
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  char listen_pid[64] = "";
+  if (s.listen_pid_self) envp.push_back(listen_pid);
+  envp.push_back(nullptr);
+  std::vector<std::string> args = s.argv;
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int log = ::open(s.log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log < 0) throw std::runtime_error("can't open log " + s.log);
+  std::vector<int> staged;
+  for (int fd : s.pass_fds) staged.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 100));
+
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(log, 1);
+    ::dup2(log, 2);
+    for (size_t i = 0; i < staged.size(); ++i) ::dup2(staged[i], 3 + static_cast<int>(i));
+    if (s.listen_pid_self) std::snprintf(listen_pid, sizeof listen_pid, "LISTEN_PID=%d", ::getpid());
+    if (!s.cwd.empty() && ::chdir(s.cwd.c_str()) != 0) ::_exit(126);
+    ::execve(argv[0], argv.data(), envp.data());
+    ::_exit(127);
+  }
+  ::close(log);
+  for (int fd : staged) ::close(fd);
+  if (pid < 0) throw std::runtime_error("fork failed");
+  tracked_.insert(pid);
+  return pid;
+}
+
+bool processes::gone(pid_t pid, int* status) {
+  if (auto it = reaped_.find(pid); it != reaped_.end()) {
+    if (status) *status = it->second;
+    return true;
+  }
+  int st = 0;
+  pid_t r = ::waitpid(pid, &st, WNOHANG);
+  if (r == pid) {
+    reaped_[pid] = st;
+    if (status) *status = st;
+    return true;
+  }
+  // Not (yet) our child: look at /proc. A zombie of another parent counts as gone.
+  std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  if (stat.empty()) return true;
+  size_t paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+}
+
+bool processes::wait_gone(pid_t pid, std::chrono::milliseconds timeout, int* status) {
+  return wait_until([&] { return gone(pid, status); }, timeout);
+}
+
+pid_t read_pid(const std::string& pidfile) {
+  std::string s = read_file(pidfile);
+  if (s.empty() || s.back() != '\n') return -1;
+  return std::atoi(s.c_str());
+}
+
+std::vector<std::string> lines_with(const std::string& log, const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(read_file(log));
+  for (std::string line; std::getline(in, line);) {
+    if (line.find(text) != std::string::npos) out.push_back(line);
+  }
+  return out;
+}
+
+int count_lines(const std::string& log, const std::string& text) {
+  return static_cast<int>(lines_with(log, text).size());
+}
+
+int logged_port(const std::string& log, pid_t pid) {
+  std::string key = " " + std::to_string(pid) + " tcp:";
+  for (const auto& line : lines_with(log, key)) {
+    size_t at = line.rfind(':');
+    if (at != std::string::npos) return std::atoi(line.c_str() + at + 1);
+  }
+  return 0;
+}
+
+}  // namespace endless::test

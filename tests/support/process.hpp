@@ -1,0 +1,99 @@
+// Test support: start real processes, talk HTTP to them over real sockets, wait for things
+// with a bound. Every wait is bounded in time; every process a test starts (and every
+// process those start, via the subreaper) is killed and reaped by the test's cleanup.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace endless::test {
+
+using namespace std::chrono_literals;
+
+// Polls `pred` every 10 ms until it holds or `timeout` passes.
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
+
+std::string read_file(const std::string& path);
+void write_file(const std::string& path, const std::string& text);
+
+struct temp_dir {
+  temp_dir();
+  ~temp_dir();
+  std::string path;
+  std::string operator/(const std::string& name) const { return path + "/" + name; }
+};
+
+struct http_result {
+  bool ok = false;     // a complete response was read
+  std::string error;   // why not: "connect: Connection refused", "reset", "timeout", "eof"
+  int status = 0;
+  std::string body;
+  pid_t x_pid = 0;
+  std::string connection;  // the Connection header
+};
+
+// One request on a new connection ("Connection: close"), then EOF.
+http_result http_get(int port, const std::string& target, int timeout_ms = 5000);
+http_result http_get_unix(const std::string& path, const std::string& target,
+                          int timeout_ms = 5000);
+http_result read_response(int fd, int timeout_ms);
+
+// A request sent now and known to be accepted by the server that answers now (a second
+// request on a new connection was answered after it); its response is read by finish().
+class in_flight {
+ public:
+  in_flight(int port, const std::string& target);
+  ~in_flight();
+  in_flight(const in_flight&) = delete;
+  in_flight& operator=(const in_flight&) = delete;
+  http_result finish(int timeout_ms = 15000);
+
+ private:
+  int fd_ = -1;
+  std::string error_;
+};
+
+// Starts processes and cleans up after them. Makes the test process a subreaper, so the
+// new processes of an upgrade become its children when their parent exits.
+class processes {
+ public:
+  processes();
+  ~processes();  // SIGKILLs and reaps everything still alive that it knows of
+
+  struct spec {
+    std::vector<std::string> argv;
+    std::map<std::string, std::string> env;  // added to (or replacing in) ours
+    std::string cwd;
+    std::string log;          // stdout+stderr appended here; required
+    bool listen_pid_self = false;  // set LISTEN_PID to the child's own pid
+    std::vector<int> pass_fds;     // dup2'ed to 3, 4, ... in the child
+  };
+  pid_t start(const spec& s);
+
+  // Remember a pid to kill at the end (e.g. one read from a pid file).
+  void track(pid_t pid) { tracked_.insert(pid); }
+  // Has `pid` exited? Reaps it if it is our child; `status` gets its wait status.
+  bool gone(pid_t pid, int* status = nullptr);
+  bool wait_gone(pid_t pid, std::chrono::milliseconds timeout, int* status = nullptr);
+
+ private:
+  std::set<pid_t> tracked_;
+  std::map<pid_t, int> reaped_;
+};
+
+// The pid in a pid file, or -1.
+pid_t read_pid(const std::string& pidfile);
+// The TCP port a core_helper/hello_core logged for `pid` ("<pid> tcp:127.0.0.1:PORT").
+int logged_port(const std::string& log, pid_t pid);
+// How many lines of `log` contain `text`.
+int count_lines(const std::string& log, const std::string& text);
+std::vector<std::string> lines_with(const std::string& log, const std::string& text);
+
+}  // namespace endless::test
