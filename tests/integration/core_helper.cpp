@@ -105,7 +105,10 @@ int main(int argc, char** argv) {
   }
   std::string fault = fault_file.empty() ? "" : read_all(fault_file);
   if (fault == "exit1") return 1;
-  if (fault == "segv") ::raise(SIGSEGV);
+  if (fault == "segv") {
+    ::signal(SIGSEGV, SIG_DFL);  // die by the signal even under a sanitizer's handler
+    ::raise(SIGSEGV);
+  }
 
   try {
     endless::core::upgrader up(opts);

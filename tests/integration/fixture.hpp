@@ -56,6 +56,15 @@ class core_fixture : public ::testing::Test {
     return next;
   }
 
+  // The processes under test log to `log`; a sanitizer report there fails the test even if
+  // the process carried on.
+  void TearDown() override {
+    for (const char* report : {"ERROR: AddressSanitizer", "runtime error:",
+                               "WARNING: ThreadSanitizer", "ERROR: LeakSanitizer"}) {
+      EXPECT_EQ(count_lines(log, report), 0) << read_file(log);
+    }
+  }
+
   std::string get_body(const std::string& target) {
     auto r = http_get(port, target);
     EXPECT_TRUE(r.ok) << r.error;

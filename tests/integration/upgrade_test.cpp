@@ -69,6 +69,8 @@ struct fault_case {
   const char* logged;
 };
 
+void PrintTo(const fault_case& c, std::ostream* os) { *os << c.fault; }
+
 class failed_upgrade_test : public core_fixture,
                             public ::testing::WithParamInterface<fault_case> {};
 

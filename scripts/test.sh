@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds endless with warnings as errors and runs every test (unit and multi-process).
+#   ENDLESS_SANITIZE=address scripts/test.sh   # ASan + UBSan
+#   ENDLESS_SANITIZE=thread  scripts/test.sh   # TSan
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh g++ make cmake libgtest-dev libgmock-dev systemd
+sanitize="${ENDLESS_SANITIZE:-}"
+build="build/test${sanitize:+-$sanitize}"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENDLESS_WERROR=ON \
+  -DENDLESS_SANITIZE="$sanitize"
+cmake --build "$build" -j "$(nproc)"
+ctest --test-dir "$build" --output-on-failure -j 2 --timeout 300
