@@ -19,8 +19,8 @@ int main(int argc, char** argv) {
     } else if (flag == "--pidfile") {
       opts.pid_file = argv[i + 1];
     } else if (flag == "--hammer-time") {
-      opts.hammer_time = std::chrono::milliseconds(
-          static_cast<long long>(std::stod(argv[i + 1]) * 1000));
+      opts.hammer_time =
+          std::chrono::milliseconds(static_cast<long long>(std::stod(argv[i + 1]) * 1000));
     } else {
       std::fprintf(stderr, "hello_core: unknown flag %s\n", argv[i]);
       return 2;

@@ -36,7 +36,8 @@ class server final : public endless::core::drainable {
   using handler = std::function<response(const std::string& target)>;
 
   server(endless::core::unique_fd listener, handler h)
-      : listener_(std::move(listener)), handler_(std::move(h)),
+      : listener_(std::move(listener)),
+        handler_(std::move(h)),
         wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
     // O_NONBLOCK is shared with the other process's copy; every server here wants it.
     ::fcntl(listener_.get(), F_SETFL, ::fcntl(listener_.get(), F_GETFL) | O_NONBLOCK);
@@ -65,7 +66,8 @@ class server final : public endless::core::drainable {
     std::unique_lock lock(mu_);
     hammered_ = true;
     draining_ = true;
-    for (int fd : connections_) ::shutdown(fd, SHUT_RDWR);
+    for (int fd : connections_)
+      ::shutdown(fd, SHUT_RDWR);
     cv_.notify_all();
     lock.unlock();
     wake();
@@ -170,12 +172,11 @@ class server final : public endless::core::drainable {
         r = {500, std::string(e.what()) + "\n"};
       }
       if (draining()) keep_alive = false;
-      std::string out = "HTTP/1.1 " + std::to_string(r.status) +
-                        (r.status == 200 ? " OK" : " Error") +
-                        "\r\nContent-Type: text/plain\r\nContent-Length: " +
-                        std::to_string(r.body.size()) + "\r\nX-Pid: " + std::to_string(::getpid()) +
-                        "\r\nConnection: " + (keep_alive ? "keep-alive" : "close") + "\r\n\r\n" +
-                        r.body;
+      std::string out =
+          "HTTP/1.1 " + std::to_string(r.status) + (r.status == 200 ? " OK" : " Error") +
+          "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(r.body.size()) +
+          "\r\nX-Pid: " + std::to_string(::getpid()) +
+          "\r\nConnection: " + (keep_alive ? "keep-alive" : "close") + "\r\n\r\n" + r.body;
       if (::send(fd, out.data(), out.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(out.size())) {
         break;
       }

@@ -31,8 +31,8 @@ std::error_code resolve_unix(std::string_view address, endpoint& out, std::strin
   un.sun_family = AF_UNIX;
   if (address.empty()) return fail(why, "unix socket path is empty");
   if (address.size() >= sizeof(un.sun_path)) {
-    return fail(why, "unix socket path is longer than " +
-                         std::to_string(sizeof(un.sun_path) - 1) + " bytes");
+    return fail(why, "unix socket path is longer than " + std::to_string(sizeof(un.sun_path) - 1) +
+                         " bytes");
   }
   if (address.find('\0') != std::string_view::npos) {
     return fail(why, "unix socket path contains a NUL byte");
@@ -77,7 +77,8 @@ std::error_code resolve(std::string_view net, std::string_view address, endpoint
   std::string_view host = address.substr(0, colon);
   std::string_view port = address.substr(colon + 1);
   if (!host.empty() && host.front() == '[') {
-    if (host.back() != ']') return fail(why, "missing ']' in address '" + std::string(address) + "'");
+    if (host.back() != ']')
+      return fail(why, "missing ']' in address '" + std::string(address) + "'");
     host = host.substr(1, host.size() - 2);
   } else if (host.find(':') != std::string_view::npos) {
     return fail(why, "IPv6 address '" + std::string(address) + "' needs brackets: [host]:port");

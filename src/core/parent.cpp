@@ -101,7 +101,8 @@ void upgrader::impl::on_channel_readable() {
   log_pid("new process " + std::to_string(child) + " is ready; handing over.");
   auto waiting = std::move(upgrade->waiting);
   upgrade.reset();  // the child is on its own now; we never wait for it
-  for (auto& w : waiting) w.set_value({});
+  for (auto& w : waiting)
+    w.set_value({});
   begin_drain(false);
 }
 
@@ -119,18 +120,20 @@ void upgrader::impl::fail_upgrade(std::error_code ec, const std::string& why, bo
   upgrade.reset();
   current.store(state::serving);
   notify("READY=1\nSTATUS=upgrade failed: " + reason);
-  for (auto& w : waiting) w.set_value(ec);
+  for (auto& w : waiting)
+    w.set_value(ec);
 }
 
 void upgrader::impl::abort_upgrade() {
   std::string status = kill_and_reap(upgrade->child);
-  log_pid("upgrade aborted by shutdown; new process " + std::to_string(upgrade->child.pid) +
-          " " + status);
+  log_pid("upgrade aborted by shutdown; new process " + std::to_string(upgrade->child.pid) + " " +
+          status);
   failed_upgrades++;
   auto waiting = std::move(upgrade->waiting);
   upgrade.reset();
   current.store(state::serving);
-  for (auto& w : waiting) w.set_value(errc::aborted);
+  for (auto& w : waiting)
+    w.set_value(errc::aborted);
 }
 
 }  // namespace endless::core

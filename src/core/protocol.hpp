@@ -45,7 +45,7 @@ inline constexpr const char* kWatchdogUsec = "WATCHDOG_USEC";
 inline constexpr const char* kWatchdogPid = "WATCHDOG_PID";
 
 inline constexpr const char* kAllVariables[] = {
-    kListenFds, kListenPid,   kListenFdNames, kProtocol,     kReadyFd,
-    kGeneration, kFdOwned, kNotifySocket, kWatchdogUsec, kWatchdogPid};
+    kListenFds,  kListenPid, kListenFdNames, kProtocol,     kReadyFd,
+    kGeneration, kFdOwned,   kNotifySocket,  kWatchdogUsec, kWatchdogPid};
 
 }  // namespace endless::core::protocol

@@ -19,7 +19,9 @@ namespace {
 
 constexpr int kBacklog = 4096;  // the kernel caps it at net.core.somaxconn
 
-std::error_code last_error() { return {errno, std::system_category()}; }
+std::error_code last_error() {
+  return {errno, std::system_category()};
+}
 
 unique_fd dup_cloexec(int fd, std::error_code& ec) {
   int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -64,7 +66,7 @@ bool is_path(const endpoint& ep) {
 
 // A socket file left behind by a dead process is removed; a live one is "in use".
 std::error_code clear_stale_unix_path(const char* path, std::string& why) {
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path, &st) != 0) return {};
   if (!S_ISSOCK(st.st_mode)) {
     why = std::string("can't listen on unix:") + path + ": the path exists and is not a socket";
@@ -128,7 +130,7 @@ struct registry::entry {
   void remember_path(const endpoint& ep) {
     if (!owns_path || !is_path(ep)) return;
     path = reinterpret_cast<const sockaddr_un*>(&ep.addr)->sun_path;
-    struct stat st{};
+    struct stat st {};
     if (::stat(path.c_str(), &st) == 0) {
       dev = st.st_dev;
       ino = st.st_ino;
@@ -180,8 +182,8 @@ unique_fd registry::listen(std::string_view network, std::string_view address,
   return listen(network, address, ec, why);
 }
 
-unique_fd registry::listen(std::string_view network, std::string_view address,
-                           std::error_code& ec, std::string& why) noexcept try {
+unique_fd registry::listen(std::string_view network, std::string_view address, std::error_code& ec,
+                           std::string& why) noexcept try {
   ec.clear();
   endpoint ep;
   std::string detail;
@@ -275,7 +277,7 @@ std::vector<std::string> registry::close_unclaimed() {
 void registry::close_all(bool final) {
   std::lock_guard lock(impl_->mu);
   for (auto& e : impl_->entries) {
-    struct stat st{};
+    struct stat st {};
     // Only when no new process takes over, and only if the path is still our socket.
     if (final && e.owns_path && !e.path.empty() && ::stat(e.path.c_str(), &st) == 0 &&
         st.st_dev == e.dev && st.st_ino == e.ino) {

@@ -44,17 +44,18 @@ signal_pipe::signal_pipe() {
 }
 
 signal_pipe::~signal_pipe() {
-  for (auto& [signo, old] : previous_) ::sigaction(signo, &old, nullptr);
+  for (auto& [signo, old] : previous_)
+    ::sigaction(signo, &old, nullptr);
   g_write_fd.store(-1);
 }
 
 void signal_pipe::handle(int signo) {
   if (previous_.count(signo)) return;
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  struct sigaction old{};
+  struct sigaction old {};
   if (::sigaction(signo, &sa, &old) != 0) {
     throw std::system_error(errno, std::system_category(), "sigaction");
   }

@@ -16,7 +16,7 @@ namespace endless::core {
 
 class signal_pipe {
  public:
-  signal_pipe();  // throws std::system_error; only one may exist at a time
+  signal_pipe();   // throws std::system_error; only one may exist at a time
   ~signal_pipe();  // restores the previous handlers
   signal_pipe(const signal_pipe&) = delete;
   signal_pipe& operator=(const signal_pipe&) = delete;

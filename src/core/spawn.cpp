@@ -20,7 +20,9 @@ extern char** environ;
 namespace endless::core {
 namespace {
 
-std::error_code last_error() { return {errno, std::system_category()}; }
+std::error_code last_error() {
+  return {errno, std::system_category()};
+}
 
 bool is_protocol_variable(const char* entry) {
   for (const char* name : protocol::kAllVariables) {
@@ -49,7 +51,8 @@ struct pid_slot {
       rev[n++] = static_cast<char>('0' + v % 10);
       v /= 10;
     } while (v && n < 23);
-    for (int i = 0; i < n; ++i) text[digits_at + i] = rev[n - 1 - i];
+    for (int i = 0; i < n; ++i)
+      text[digits_at + i] = rev[n - 1 - i];
     text[digits_at + n] = '\0';
   }
 };
@@ -59,7 +62,8 @@ std::string describe_status(int status) {
   if (WIFSIGNALED(status)) {
     int sig = WTERMSIG(status);
     const char* name = ::sigdescr_np(sig);
-    return "was killed by signal " + std::to_string(sig) + (name ? std::string(" (") + name + ")" : "");
+    return "was killed by signal " + std::to_string(sig) +
+           (name ? std::string(" (") + name + ")" : "");
   }
   return "stopped with wait status " + std::to_string(status);
 }
@@ -121,7 +125,8 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
   pid_slot listen_pid(protocol::kListenPid);
   pid_slot watchdog_pid(protocol::kWatchdogPid);
   std::vector<char*> envp;
-  for (auto& v : vars) envp.push_back(v.data());
+  for (auto& v : vars)
+    envp.push_back(v.data());
   envp.push_back(listen_pid.text.data());
   if (req.watchdog_usec) envp.push_back(watchdog_pid.text.data());
   envp.push_back(nullptr);
@@ -129,7 +134,8 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
   std::vector<std::string> argv_copy = req.argv;
   if (argv_copy.empty()) argv_copy.push_back(req.executable);
   std::vector<char*> argv;
-  for (auto& a : argv_copy) argv.push_back(a.data());
+  for (auto& a : argv_copy)
+    argv.push_back(a.data());
   argv.push_back(nullptr);
   const char* exe = req.executable.c_str();
 

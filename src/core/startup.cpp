@@ -161,13 +161,16 @@ process_start take_snapshot() {
   s.env = parse_startup_env([](const char* name) { return ::getenv(name); }, ::getpid());
   // The inherited fds (and the readiness channel) must not leak into anything this process
   // execs except through an upgrade, which passes them explicitly.
-  for (const auto& fd : s.env.fds) ::fcntl(fd.fd, F_SETFD, FD_CLOEXEC);
+  for (const auto& fd : s.env.fds)
+    ::fcntl(fd.fd, F_SETFD, FD_CLOEXEC);
   if (s.env.error) {
-    for (const auto& fd : s.env.fds) ::close(fd.fd);
+    for (const auto& fd : s.env.fds)
+      ::close(fd.fd);
     s.env.fds.clear();
   }
   if (s.env.ready_fd >= 0) ::fcntl(s.env.ready_fd, F_SETFD, FD_CLOEXEC);
-  for (const char* name : protocol::kAllVariables) ::unsetenv(name);
+  for (const char* name : protocol::kAllVariables)
+    ::unsetenv(name);
 
   std::string cmdline = read_file("/proc/self/cmdline");
   if (!cmdline.empty() && cmdline.back() == '\0') cmdline.pop_back();
@@ -181,7 +184,9 @@ process_start take_snapshot() {
 
 // Take the snapshot as the library loads: before main() can chdir, start threads, or spawn
 // children that would inherit the protocol variables.
-[[gnu::constructor]] void take_snapshot_at_load() { (void)startup(); }
+[[gnu::constructor]] void take_snapshot_at_load() {
+  (void)startup();
+}
 
 }  // namespace
 

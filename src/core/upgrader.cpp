@@ -34,7 +34,12 @@ void stderr_sink(std::string_view line) {
 
 bool hookable(int signo) {
   switch (signo) {
-    case SIGHUP: case SIGINT: case SIGTERM: case SIGUSR1: case SIGUSR2: case SIGTSTP:
+    case SIGHUP:
+    case SIGINT:
+    case SIGTERM:
+    case SIGUSR1:
+    case SIGUSR2:
+    case SIGTSTP:
       return true;
     default:
       return false;
@@ -45,11 +50,16 @@ bool hookable(int signo) {
 
 const char* to_string(state s) noexcept {
   switch (s) {
-    case state::starting: return "starting";
-    case state::serving: return "serving";
-    case state::upgrading: return "upgrading";
-    case state::draining: return "draining";
-    case state::stopped: return "stopped";
+    case state::starting:
+      return "starting";
+    case state::serving:
+      return "serving";
+    case state::upgrading:
+      return "upgrading";
+    case state::draining:
+      return "draining";
+    case state::stopped:
+      return "stopped";
   }
   return "?";
 }
@@ -157,9 +167,9 @@ std::optional<int> upgrader::impl::poll_timeout_ms() const {
 void upgrader::impl::on_timers() {
   auto now = clock::now();
   if (upgrade && now >= upgrade->deadline) {
-    fail_upgrade(errc::ready_timeout,
-                 "new process " + std::to_string(upgrade->child.pid) + " was not ready within " +
-                     std::to_string(opts.upgrade_timeout.count()) + " ms");
+    fail_upgrade(errc::ready_timeout, "new process " + std::to_string(upgrade->child.pid) +
+                                          " was not ready within " +
+                                          std::to_string(opts.upgrade_timeout.count()) + " ms");
   }
   if (hammer_at && now >= *hammer_at) do_hammer();
   if (next_watchdog && now >= *next_watchdog) {
@@ -197,7 +207,8 @@ void upgrader::impl::loop() {
       ::usleep(10'000);  // never spin
     }
     if (rc > 0 && sig_at >= 0 && fds[sig_at].revents) {
-      for (int signo : signals->take()) on_signal(signo);
+      for (int signo : signals->take())
+        on_signal(signo);
     }
     if (rc > 0 && fds[0].revents) {
       std::uint64_t count;
@@ -210,8 +221,12 @@ void upgrader::impl::loop() {
       for (auto& c : batch) {
         using kind = command::kind;
         switch (c.what) {
-          case kind::ready: c.result.set_value(do_ready()); break;
-          case kind::upgrade: do_upgrade(std::move(c.result), false); break;
+          case kind::ready:
+            c.result.set_value(do_ready());
+            break;
+          case kind::upgrade:
+            do_upgrade(std::move(c.result), false);
+            break;
           case kind::shutdown:
             if (current.load() == state::draining || current.load() == state::stopped) break;
             log_pid("Shutdown requested.");
@@ -221,8 +236,11 @@ void upgrader::impl::loop() {
           case kind::hammer:
             if (current.load() == state::draining) do_hammer();
             break;
-          case kind::drained: on_service_drained(c.from); break;
-          case kind::quit: return;
+          case kind::drained:
+            on_service_drained(c.from);
+            break;
+          case kind::quit:
+            return;
         }
       }
     }
@@ -255,9 +273,11 @@ upgrader::upgrader(options opts) {
     if (!impl_->wake) throw std::system_error(errno, std::system_category(), "eventfd");
     if (impl_->opts.handle_signals) {
       impl_->signals.emplace();
-      for (int s : {SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2}) impl_->signals->handle(s);
+      for (int s : {SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2})
+        impl_->signals->handle(s);
     }
-    for (const auto& note : startup().env.notes) impl_->log_pid(note);
+    for (const auto& note : startup().env.notes)
+      impl_->log_pid(note);
     impl_->thread = std::thread([this] { impl_->loop(); });
     impl_->thread_id = impl_->thread.get_id();
   } catch (...) {
@@ -344,9 +364,13 @@ std::future<std::error_code> upgrader::upgrade() {
   return result;
 }
 
-void upgrader::shutdown() { impl_->post({impl::command::kind::shutdown, {}, nullptr}); }
+void upgrader::shutdown() {
+  impl_->post({impl::command::kind::shutdown, {}, nullptr});
+}
 
-void upgrader::hammer() { impl_->post({impl::command::kind::hammer, {}, nullptr}); }
+void upgrader::hammer() {
+  impl_->post({impl::command::kind::hammer, {}, nullptr});
+}
 
 void upgrader::wait() {
   std::unique_lock lock(impl_->mu);
@@ -359,11 +383,23 @@ bool upgrader::wait_for(std::chrono::milliseconds timeout) {
                                     [&] { return impl_->current.load() == state::stopped; });
 }
 
-state upgrader::current_state() const noexcept { return impl_->current.load(); }
-bool upgrader::has_parent() const noexcept { return impl_->has_parent; }
-std::uint64_t upgrader::generation() const noexcept { return impl_->generation; }
-std::uint64_t upgrader::upgrades() const noexcept { return impl_->upgrades.load(); }
-std::uint64_t upgrader::failed_upgrades() const noexcept { return impl_->failed_upgrades.load(); }
-void upgrader::log(std::string_view line) const { impl_->log(line); }
+state upgrader::current_state() const noexcept {
+  return impl_->current.load();
+}
+bool upgrader::has_parent() const noexcept {
+  return impl_->has_parent;
+}
+std::uint64_t upgrader::generation() const noexcept {
+  return impl_->generation;
+}
+std::uint64_t upgrader::upgrades() const noexcept {
+  return impl_->upgrades.load();
+}
+std::uint64_t upgrader::failed_upgrades() const noexcept {
+  return impl_->failed_upgrades.load();
+}
+void upgrader::log(std::string_view line) const {
+  impl_->log(line);
+}
 
 }  // namespace endless::core

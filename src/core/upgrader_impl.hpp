@@ -43,7 +43,7 @@ struct upgrader::impl {
   struct command {
     enum class kind { ready, upgrade, shutdown, hammer, drained, quit } what;
     std::promise<std::error_code> result;  // ready, upgrade
-    const drainable* from = nullptr;         // drained
+    const drainable* from = nullptr;       // drained
   };
   std::deque<command> queue;
   std::vector<drainable*> services;

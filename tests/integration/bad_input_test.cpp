@@ -69,8 +69,9 @@ TEST_F(bad_input_test, inherited_fd_of_the_wrong_type) {
   EXPECT_EQ(run({"--addr", "127.0.0.1:0"},
                 {{"LISTEN_FDS", "1"}, {"LISTEN_FDNAMES", "tcp%3A127.0.0.1%3A0"}}, {udp}, true),
             1);
-  EXPECT_EQ(count_lines(log, "inherited fd 3 named 'tcp:127.0.0.1:0' is not a listening stream "
-                             "socket"),
+  EXPECT_EQ(count_lines(log,
+                        "inherited fd 3 named 'tcp:127.0.0.1:0' is not a listening stream "
+                        "socket"),
             1)
       << read_file(log);
   ::close(udp);
@@ -112,13 +113,13 @@ TEST_F(bad_input_test, parent_speaking_another_protocol_is_refused) {
   int port_taken = 0;
   int fd = listening_socket(SOCK_STREAM, &port_taken);
   std::string addr = "127.0.0.1:" + std::to_string(port_taken);
-  EXPECT_EQ(run({"--addr", addr},
-                {{"LISTEN_FDS", "1"},
-                 {"LISTEN_FDNAMES", "tcp%3A" + std::string("127.0.0.1%3A") +
-                                        std::to_string(port_taken)},
-                 {"ENDLESS_PROTOCOL", "99"}},
-                {fd}, true),
-            1);
+  EXPECT_EQ(
+      run({"--addr", addr},
+          {{"LISTEN_FDS", "1"},
+           {"LISTEN_FDNAMES", "tcp%3A" + std::string("127.0.0.1%3A") + std::to_string(port_taken)},
+           {"ENDLESS_PROTOCOL", "99"}},
+          {fd}, true),
+      1);
   EXPECT_EQ(count_lines(log, "it speaks endless upgrade protocol 99, this binary speaks 1"), 1)
       << read_file(log);
   ::close(fd);

@@ -5,7 +5,7 @@
 //   --udp NAME   pass a UDP socket along under NAME (created if not inherited)
 // The fault file is read at start: "exit1", "noready", "segv" make this process fail in
 // that way before it is ready (the test writes the file just before sending SIGHUP).
-// Routes: / /pid /inode /fds /version /generation /sleep?ms=N /udp
+// Routes: / /pid /inode /fds /version /generation /sleep?ms=N /udp /env /upgrade
 #include <dirent.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -31,7 +31,8 @@ namespace {
 int count_fds() {
   int n = 0;
   if (DIR* d = ::opendir("/proc/self/fd")) {
-    while (::readdir(d)) ++n;
+    while (::readdir(d))
+      ++n;
     ::closedir(d);
   }
   return n - 3;  // ".", "..", and the fd of the open directory itself
@@ -45,7 +46,7 @@ std::string read_all(const std::string& path) {
 }
 
 ino_t inode_of(int fd) {
-  struct stat st{};
+  struct stat st {};
   ::fstat(fd, &st);
   return st.st_ino;
 }
@@ -61,7 +62,9 @@ std::string protocol_variables_seen() {
   return seen.empty() ? "none" : seen;
 }
 
-std::string tag() { return std::to_string(::getpid()) + " "; }
+std::string tag() {
+  return std::to_string(::getpid()) + " ";
+}
 
 }  // namespace
 
@@ -138,6 +141,11 @@ int main(int argc, char** argv) {
             if (t == "/fds") return {200, std::to_string(count_fds())};
             if (t == "/version") return {200, HELPER_VERSION};
             if (t == "/env") return {200, protocol_variables_seen()};
+            if (t == "/upgrade") {
+              // The API form of SIGHUP: waits for the real outcome.
+              std::error_code ec = up.upgrade().get();
+              return {200, ec ? ec.message() : "ok"};
+            }
             if (t == "/generation") return {200, std::to_string(up.generation())};
             if (t.rfind("/sleep?ms=", 0) == 0) {
               bool full = (*self)->sleep_for(std::chrono::milliseconds(std::stoll(t.substr(10))));
@@ -162,14 +170,17 @@ int main(int argc, char** argv) {
     }
     if (!chdir_to.empty() && ::chdir(chdir_to.c_str()) != 0) return 3;
     if (fault == "noready") {
-      for (;;) ::pause();  // never says it is ready
+      for (;;)
+        ::pause();  // never says it is ready
     }
     up.ready();
     // Accept only once ready: a new process that gets rolled back must not take
     // connections with it. Until then they wait in the shared queue.
-    for (auto& s : servers) s->start();
+    for (auto& s : servers)
+      s->start();
     up.wait();
-    for (auto& s : servers) up.detach(*s);
+    for (auto& s : servers)
+      up.detach(*s);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "core_helper: %s\n", e.what());
     return 1;

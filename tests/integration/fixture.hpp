@@ -32,8 +32,8 @@ class core_fixture : public ::testing::Test {
   }
 
   pid_t started(pid_t pid) {
-    EXPECT_TRUE(wait_until([&] { return read_pid(pidfile) == pid; }, 10s))
-        << "not ready:\n" << read_file(log);
+    EXPECT_TRUE(wait_until([&] { return read_pid(pidfile) == pid; }, 10s)) << "not ready:\n"
+                                                                           << read_file(log);
     port = logged_port(log, pid);
     return pid;
   }

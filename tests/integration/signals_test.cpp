@@ -65,8 +65,8 @@ TEST_F(signals_test, one_second_hammer_closes_the_connection) {
 TEST_F(signals_test, sigusr2_hammers_only_when_draining) {
   pid_t pid = start({"--addr", "127.0.0.1:0", "--hammer-time", "-1"});
   ::kill(pid, SIGUSR2);
-  ASSERT_TRUE(wait_until([&] { return count_lines(log, "SIGUSR2, but not shutting down") == 1; },
-                         5s));
+  ASSERT_TRUE(
+      wait_until([&] { return count_lines(log, "SIGUSR2, but not shutting down") == 1; }, 5s));
   EXPECT_EQ(http_get(port, "/pid").x_pid, pid) << "SIGUSR2 while serving did something";
 
   in_flight slow(port, "/sleep?ms=30000");
@@ -96,8 +96,8 @@ TEST_F(signals_test, hooks_run_once_and_in_order_with_two_servers) {
   ::kill(pid, SIGTERM);
   ASSERT_TRUE(procs.wait_gone(pid, 10s));
   hooks = lines_with(log, " hook ");
-  std::vector<std::string> want = {"pre 15 0", "pre 15 1", "shutdown 0", "shutdown 1",
-                                   "post 15 0", "post 15 1"};
+  std::vector<std::string> want = {"pre 15 0",   "pre 15 1",  "shutdown 0",
+                                   "shutdown 1", "post 15 0", "post 15 1"};
   ASSERT_EQ(hooks.size(), 4 + want.size()) << read_file(log);
   for (size_t i = 0; i < want.size(); ++i) {
     EXPECT_NE(hooks[4 + i].find("hook " + want[i]), std::string::npos) << hooks[4 + i];

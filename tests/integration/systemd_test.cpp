@@ -113,8 +113,8 @@ TEST_F(systemd_test, notify_messages_come_in_order_from_the_right_pid) {
 TEST_F(systemd_test, failed_upgrade_tells_systemd_it_is_ready_again) {
   notify_socket sd(dir / "notify");
   const std::string fault = dir / "fault";
-  pid_t a = start({"--addr", "127.0.0.1:0", "--fault-file", fault},
-                  {{"NOTIFY_SOCKET", dir / "notify"}});
+  pid_t a =
+      start({"--addr", "127.0.0.1:0", "--fault-file", fault}, {{"NOTIFY_SOCKET", dir / "notify"}});
   write_file(fault, "exit1");
   ::kill(a, SIGHUP);
   ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 10s));
@@ -128,12 +128,18 @@ TEST_F(systemd_test, failed_upgrade_tells_systemd_it_is_ready_again) {
 TEST_F(systemd_test, socket_activation_on_first_start_then_upgrade) {
   const std::string sock = dir / "sock";
   processes::spec s;
-  s.argv = {"/usr/bin/systemd-socket-activate", "-l", sock, HELPER_PATH, "--pidfile", pidfile,
-            "--unix", sock};
+  s.argv = {"/usr/bin/systemd-socket-activate",
+            "-l",
+            sock,
+            HELPER_PATH,
+            "--pidfile",
+            pidfile,
+            "--unix",
+            sock};
   s.log = log;
   pid_t pid = procs.start(s);
   ASSERT_TRUE(wait_until([&] { return std::filesystem::exists(sock); }, 5s)) << read_file(log);
-  struct stat before{};
+  struct stat before {};
   ASSERT_EQ(::stat(sock.c_str(), &before), 0);
   // systemd-socket-activate execs the server on the first connection, keeping its pid.
   auto r = http_get_unix(sock, "/pid", 10000);
@@ -152,7 +158,7 @@ TEST_F(systemd_test, socket_activation_on_first_start_then_upgrade) {
   EXPECT_EQ(r.x_pid, next);
   ::kill(next, SIGTERM);
   ASSERT_TRUE(procs.wait_gone(next, 10s));
-  struct stat after{};
+  struct stat after {};
   EXPECT_EQ(::stat(sock.c_str(), &after), 0) << "unlinked a socket path that systemd owns";
   EXPECT_EQ(after.st_ino, before.st_ino);
 }

@@ -69,15 +69,17 @@ struct fault_case {
   const char* logged;
 };
 
-void PrintTo(const fault_case& c, std::ostream* os) { *os << c.fault; }
+void PrintTo(const fault_case& c, std::ostream* os) {
+  *os << c.fault;
+}
 
 class failed_upgrade_test : public core_fixture,
                             public ::testing::WithParamInterface<fault_case> {};
 
 TEST_P(failed_upgrade_test, old_process_keeps_serving_and_a_later_upgrade_succeeds) {
   const std::string fault_file = dir / "fault";
-  pid_t pid = start({"--addr", "127.0.0.1:0", "--upgrade-timeout", "1500", "--fault-file",
-                     fault_file});
+  pid_t pid =
+      start({"--addr", "127.0.0.1:0", "--upgrade-timeout", "1500", "--fault-file", fault_file});
   write_file(fault_file, GetParam().fault);
   ::kill(pid, SIGHUP);
   ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 10s))
@@ -96,12 +98,12 @@ TEST_P(failed_upgrade_test, old_process_keeps_serving_and_a_later_upgrade_succee
   EXPECT_TRUE(procs.wait_gone(pid, 10s));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    faults, failed_upgrade_test,
-    ::testing::Values(fault_case{"exit1", "exited with status 1 before it was ready"},
-                      fault_case{"noready", "was not ready within 1500 ms"},
-                      fault_case{"segv", "was killed by signal 11"}),
-    [](const auto& p) { return std::string(p.param.fault); });
+INSTANTIATE_TEST_SUITE_P(faults, failed_upgrade_test,
+                         ::testing::Values(fault_case{"exit1",
+                                                      "exited with status 1 before it was ready"},
+                                           fault_case{"noready", "was not ready within 1500 ms"},
+                                           fault_case{"segv", "was killed by signal 11"}),
+                         [](const auto& p) { return std::string(p.param.fault); });
 
 TEST_F(upgrade_test, missing_binary_is_reported_and_old_keeps_serving) {
   // A copy of the helper that the "deploy" then deletes.
@@ -123,8 +125,7 @@ TEST_F(upgrade_test, sighup_twice_in_a_row_starts_one_upgrade) {
   ::kill(pid, SIGHUP);
   ASSERT_TRUE(wait_until([&] { return count_lines(log, "forking.") == 1; }, 5s));
   ::kill(pid, SIGHUP);
-  ASSERT_TRUE(wait_until([&] { return count_lines(log, "ignored.") == 1; }, 5s))
-      << read_file(log);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "ignored.") == 1; }, 5s)) << read_file(log);
   auto r = slow.finish();
   EXPECT_TRUE(r.ok) << r.error;
   EXPECT_EQ(r.x_pid, pid);
@@ -141,7 +142,7 @@ TEST_F(upgrade_test, sighup_twice_in_a_row_starts_one_upgrade) {
 TEST_F(upgrade_test, tcp_and_unix_listeners_upgrade_together) {
   const std::string sock = dir / "sock";
   pid_t pid = start({"--addr", "127.0.0.1:0", "--unix", sock});
-  struct stat before{};
+  struct stat before {};
   ASSERT_EQ(::stat(sock.c_str(), &before), 0);
   ASSERT_EQ(http_get_unix(sock, "/pid").x_pid, pid);
   pid_t next = upgrade(pid);
@@ -150,7 +151,7 @@ TEST_F(upgrade_test, tcp_and_unix_listeners_upgrade_together) {
   ASSERT_TRUE(r.ok) << r.error;
   EXPECT_EQ(r.x_pid, next);
   EXPECT_EQ(http_get(port, "/pid").x_pid, next);
-  struct stat after{};
+  struct stat after {};
   ASSERT_EQ(::stat(sock.c_str(), &after), 0) << "the old process unlinked the socket path";
   EXPECT_EQ(after.st_ino, before.st_ino);
   // A final shutdown removes the path it created.
@@ -195,6 +196,48 @@ TEST_F(upgrade_test, no_fd_leak_over_twenty_upgrades) {
   }
   EXPECT_EQ(get_body("/fds"), fds) << "open fds grew over 20 upgrades";
   EXPECT_EQ(get_body("/generation"), "20");
+}
+
+TEST_F(upgrade_test, upgrade_api_reports_the_real_outcome) {
+  const std::string fault_file = dir / "fault";
+  pid_t pid = start({"--addr", "127.0.0.1:0", "--fault-file", fault_file});
+  write_file(fault_file, "exit1");
+  EXPECT_EQ(get_body("/upgrade"), "new process exited before it was ready");
+  EXPECT_EQ(read_pid(pidfile), pid);
+  std::filesystem::remove(fault_file);
+  auto r = http_get(port, "/upgrade");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.body, "ok");
+  EXPECT_EQ(r.x_pid, pid) << "the request was answered by the old process";
+  EXPECT_EQ(r.connection, "close") << "a draining process ends keep-alive";
+  // The new process writes the pid file right after the old one acknowledged it.
+  pid_t next = -1;
+  ASSERT_TRUE(wait_until([&] { return (next = read_pid(pidfile)) != pid && next > 0; }, 5s));
+  procs.track(next);
+  EXPECT_TRUE(procs.wait_gone(pid, 10s));
+  EXPECT_EQ(http_get(port, "/pid").x_pid, next);
+}
+
+TEST_F(upgrade_test, sigterm_during_an_upgrade_kills_the_new_process_and_drains) {
+  const std::string fault_file = dir / "fault";
+  pid_t pid = start({"--addr", "127.0.0.1:0", "--fault-file", fault_file});
+  write_file(fault_file, "noready");
+  ::kill(pid, SIGHUP);
+  pid_t child = -1;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto started = lines_with(log, "started new process ");
+        if (started.empty()) return false;
+        child = std::atoi(started[0].c_str() + started[0].find("process ") + 8);
+        return true;
+      },
+      5s));
+  procs.track(child);
+  ::kill(pid, SIGTERM);
+  ASSERT_TRUE(procs.wait_gone(pid, 10s)) << read_file(log);
+  EXPECT_TRUE(procs.wait_gone(child, 5s)) << "the half-started new process was left running";
+  EXPECT_EQ(count_lines(log, "upgrade aborted by shutdown"), 1) << read_file(log);
+  EXPECT_FALSE(std::filesystem::exists(pidfile));
 }
 
 }  // namespace

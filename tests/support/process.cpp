@@ -56,8 +56,8 @@ temp_dir::~temp_dir() {
 namespace {
 
 int left_ms(std::chrono::steady_clock::time_point deadline) {
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                deadline - std::chrono::steady_clock::now())
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
+                                                                  std::chrono::steady_clock::now())
                 .count();
   return static_cast<int>(std::max<long long>(ms, 0));
 }
@@ -164,7 +164,9 @@ in_flight::in_flight(int port, const std::string& target) {
   if (error_.empty() && !http_get(port, "/pid").ok) error_ = "server did not answer";
 }
 
-in_flight::~in_flight() { ::close(fd_); }
+in_flight::~in_flight() {
+  ::close(fd_);
+}
 
 http_result in_flight::finish(int timeout_ms) {
   if (!error_.empty()) {
@@ -185,13 +187,16 @@ http_result http_get_unix(const std::string& path, const std::string& target, in
   return r;
 }
 
-processes::processes() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
+processes::processes() {
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+}
 
 processes::~processes() {
   for (pid_t pid : tracked_) {
     if (!gone(pid)) ::kill(pid, SIGKILL);
   }
-  for (pid_t pid : tracked_) wait_gone(pid, 5s);
+  for (pid_t pid : tracked_)
+    wait_gone(pid, 5s);
 }
 
 pid_t processes::start(const spec& s) {
@@ -202,37 +207,44 @@ pid_t processes::start(const spec& s) {
     auto eq = kv.find('=');
     env[kv.substr(0, eq)] = eq == std::string::npos ? "" : kv.substr(eq + 1);
   }
-  for (const auto& [k, v] : s.env) env[k] = v;
+  for (const auto& [k, v] : s.env)
+    env[k] = v;
   std::vector<std::string> env_strings;
   for (const auto& [k, v] : env) {
     if (k != "LISTEN_PID" || !s.listen_pid_self) env_strings.push_back(k + "=" + v);
   }
   std::vector<char*> envp;
-  for (auto& e : env_strings) envp.push_back(e.data());
+  for (auto& e : env_strings)
+    envp.push_back(e.data());
   char listen_pid[64] = "";
   if (s.listen_pid_self) envp.push_back(listen_pid);
   envp.push_back(nullptr);
   std::vector<std::string> args = s.argv;
   std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
+  for (auto& a : args)
+    argv.push_back(a.data());
   argv.push_back(nullptr);
   int log = ::open(s.log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log < 0) throw std::runtime_error("can't open log " + s.log);
   std::vector<int> staged;
-  for (int fd : s.pass_fds) staged.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 100));
+  for (int fd : s.pass_fds)
+    staged.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 100));
 
   pid_t pid = ::fork();
   if (pid == 0) {
     ::dup2(log, 1);
     ::dup2(log, 2);
-    for (size_t i = 0; i < staged.size(); ++i) ::dup2(staged[i], 3 + static_cast<int>(i));
-    if (s.listen_pid_self) std::snprintf(listen_pid, sizeof listen_pid, "LISTEN_PID=%d", ::getpid());
+    for (size_t i = 0; i < staged.size(); ++i)
+      ::dup2(staged[i], 3 + static_cast<int>(i));
+    if (s.listen_pid_self)
+      std::snprintf(listen_pid, sizeof listen_pid, "LISTEN_PID=%d", ::getpid());
     if (!s.cwd.empty() && ::chdir(s.cwd.c_str()) != 0) ::_exit(126);
     ::execve(argv[0], argv.data(), envp.data());
     ::_exit(127);
   }
   ::close(log);
-  for (int fd : staged) ::close(fd);
+  for (int fd : staged)
+    ::close(fd);
   if (pid < 0) throw std::runtime_error("fork failed");
   tracked_.insert(pid);
   return pid;

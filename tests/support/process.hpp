@@ -31,8 +31,8 @@ struct temp_dir {
 };
 
 struct http_result {
-  bool ok = false;     // a complete response was read
-  std::string error;   // why not: "connect: Connection refused", "reset", "timeout", "eof"
+  bool ok = false;    // a complete response was read
+  std::string error;  // why not: "connect: Connection refused", "reset", "timeout", "eof"
   int status = 0;
   std::string body;
   pid_t x_pid = 0;
@@ -71,7 +71,7 @@ class processes {
     std::vector<std::string> argv;
     std::map<std::string, std::string> env;  // added to (or replacing in) ours
     std::string cwd;
-    std::string log;          // stdout+stderr appended here; required
+    std::string log;               // stdout+stderr appended here; required
     bool listen_pid_self = false;  // set LISTEN_PID to the child's own pid
     std::vector<int> pass_fds;     // dup2'ed to 3, 4, ... in the child
   };

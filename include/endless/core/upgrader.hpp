@@ -102,7 +102,7 @@ class upgrader {
   bool wait_for(std::chrono::milliseconds timeout);
 
   state current_state() const noexcept;
-  bool has_parent() const noexcept;          // started by an endless upgrade
+  bool has_parent() const noexcept;           // started by an endless upgrade
   std::uint64_t generation() const noexcept;  // upgrades that led to this process
   std::uint64_t upgrades() const noexcept;    // successful upgrades started here
   std::uint64_t failed_upgrades() const noexcept;

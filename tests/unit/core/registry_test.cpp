@@ -1,7 +1,7 @@
 #include "endless/core/registry.hpp"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -17,7 +17,7 @@ namespace endless::core {
 namespace {
 
 ino_t inode(int fd) {
-  struct stat st{};
+  struct stat st {};
   ::fstat(fd, &st);
   return st.st_ino;
 }
@@ -124,7 +124,8 @@ TEST(registry, port_in_use_says_so) {
     FAIL() << "listened on a port in use";
   } catch (const std::system_error& e) {
     EXPECT_EQ(e.code(), std::errc::address_in_use);
-    EXPECT_EQ(std::string(e.what()), "can't listen on tcp:" + addr + ": bind: Address already in use");
+    EXPECT_EQ(std::string(e.what()),
+              "can't listen on tcp:" + addr + ": bind: Address already in use");
   }
   ::close(fd);
 }

@@ -1,10 +1,10 @@
 #include "sd_notify.hpp"
 
 #include <gtest/gtest.h>
-#include <cstring>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <cstring>
 
 #include "support/process.hpp"
 

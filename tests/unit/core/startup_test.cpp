@@ -78,7 +78,9 @@ TEST(startup, bad_count_is_ignored_with_a_note) {
 }
 
 TEST(startup, another_protocol_version_is_refused) {
-  fake_env env{{{"LISTEN_FDS", "1"}, {"LISTEN_PID", "100"}, {"ENDLESS_PROTOCOL", "2"},
+  fake_env env{{{"LISTEN_FDS", "1"},
+                {"LISTEN_PID", "100"},
+                {"ENDLESS_PROTOCOL", "2"},
                 {"ENDLESS_READY_FD", "4"}}};
   auto s = parse_startup_env(env.fn(), 100);
   EXPECT_EQ(s.error, errc::protocol_mismatch);

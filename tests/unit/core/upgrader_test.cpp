@@ -28,7 +28,8 @@ struct log_lines {
   int count(const std::string& text) {
     std::lock_guard lock(mu);
     int n = 0;
-    for (const auto& l : lines) n += l.find(text) != std::string::npos;
+    for (const auto& l : lines)
+      n += l.find(text) != std::string::npos;
     return n;
   }
 };
