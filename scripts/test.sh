@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh g++ make cmake libgtest-dev libgmock-dev systemd clang-format
 # Formatting is part of the build: .clang-format is the rule.
-git ls-files '*.cpp' '*.hpp' 2>/dev/null | xargs -r clang-format --dry-run --Werror ||
-  find include src tests examples -name '*.cpp' -o -name '*.hpp' | xargs clang-format --dry-run --Werror
+find include src tests examples \( -name '*.cpp' -o -name '*.hpp' \) -print0 2>/dev/null |
+  xargs -0 -r clang-format --dry-run --Werror
 sanitize="${ENDLESS_SANITIZE:-}"
 build="build/test${sanitize:+-$sanitize}"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENDLESS_WERROR=ON \
