@@ -60,6 +60,21 @@ TEST(registry, fresh_listener_and_second_listen_share_the_socket) {
   EXPECT_EQ(reg.handover()[0].name, "tcp:127.0.0.1:0");
 }
 
+TEST(registry, ipv6_and_dual_stack_listeners) {
+  int probe = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (probe < 0) GTEST_SKIP() << "no IPv6 on this host";
+  ::close(probe);
+  registry reg({});
+  unique_fd v6 = reg.listen("tcp6", "[::1]:0");
+  EXPECT_EQ(local_address(v6.get()).rfind("[::1]:", 0), 0u);
+  unique_fd any = reg.listen("tcp", ":0");
+  EXPECT_EQ(local_address(any.get()).rfind("[::]:", 0), 0u);
+  int v6only = -1;
+  socklen_t len = sizeof v6only;
+  ::getsockopt(any.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len);
+  EXPECT_EQ(v6only, 0) << "tcp ':port' must accept IPv4 too, as Go's does";
+}
+
 TEST(registry, inherited_socket_is_matched_by_name_and_checked) {
   int fd = listening_tcp();
   int port = port_of(fd);

@@ -104,6 +104,32 @@ TEST(upgrader, hooks_run_in_order_once_per_signal) {
   EXPECT_THROW(up.on(pre_signal, SIGSEGV, [] {}), std::invalid_argument);
 }
 
+TEST(upgrader, signals_work_with_threads_started_before_it) {
+  // Threads that existed before the upgrader and never blocked any signal: the kernel may
+  // deliver to them. (A signalfd design would let SIGUSR1 kill the process here.)
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> early;
+  for (int i = 0; i < 4; ++i) {
+    early.emplace_back([&] {
+      while (!stop)
+        std::this_thread::sleep_for(1ms);
+    });
+  }
+  {
+    log_lines log;
+    upgrader up(quiet(log));
+    std::atomic<int> ran{0};
+    up.on(pre_signal, SIGUSR1, [&] { ++ran; });
+    for (int i = 1; i <= 20; ++i) {
+      ::kill(::getpid(), SIGUSR1);
+      ASSERT_TRUE(test::wait_until([&] { return ran == i; }, 5s)) << "signal " << i;
+    }
+  }
+  stop = true;
+  for (auto& t : early)
+    t.join();
+}
+
 TEST(upgrader, sigusr2_is_ignored_unless_draining) {
   log_lines log;
   upgrader up(quiet(log));
