@@ -46,6 +46,10 @@ class server final : public endless::core::drainable {
   ~server() {
     hammer();
     if (acceptor_.joinable()) acceptor_.join();
+    // Connection threads touch `this` until their very last statement; wait for all of them
+    // (the hammer has shut their sockets down and woken their sleeps).
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return running_ == 0; });
   }
 
   void start() {
@@ -103,6 +107,7 @@ class server final : public endless::core::drainable {
         if (fd < 0) break;  // EAGAIN: the other process took it, or the queue is empty
         std::lock_guard lock(mu_);
         connections_.insert(fd);
+        ++running_;
         std::thread([this, fd] { serve(fd); }).detach();
       }
     }
@@ -191,8 +196,10 @@ class server final : public endless::core::drainable {
       done = take_done_locked();
       cv_.notify_all();
     }
-    // `this` may be gone from here on (the destructor waits only for connections_).
     if (done) done();
+    std::lock_guard lock(mu_);
+    --running_;  // the last touch of `this`; the destructor waits for it
+    cv_.notify_all();
   }
 
   endless::core::unique_fd listener_;
@@ -206,6 +213,7 @@ class server final : public endless::core::drainable {
   bool draining_ = false;
   bool accepting_ = true;
   bool hammered_ = false;
+  int running_ = 0;  // connection threads not finished yet
 };
 
 }  // namespace tiny

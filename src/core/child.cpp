@@ -14,26 +14,32 @@
 namespace endless::core {
 namespace {
 
-// How long the new process waits for the old one's acknowledgement. The old process answers
-// within a poll round; this only bounds a wedged one.
-constexpr int kAckTimeoutMs = 10'000;
-
-// Returns true when the old process acknowledged, false when it is gone or silent.
-bool handshake(int channel, std::string& why) {
+// Tells the old process we are ready and waits for its answer, without a timeout of our own:
+// the old process bounds the hand-over with upgrade_timeout and kills us when it runs out.
+// Returns {} when acknowledged; errc::aborted when the old process is alive but did not
+// acknowledge (it is rolling back and about to kill us); {} with `alone` set when the old
+// process is gone and we are the server now.
+std::error_code handshake(int channel, pid_t parent, bool& alone, std::string& why) {
   char ready = protocol::kReady;
-  if (::send(channel, &ready, 1, MSG_NOSIGNAL) != 1) {
-    why = std::string("can't tell the old process we are ready: ") + std::strerror(errno);
-    return false;
-  }
-  pollfd p{channel, POLLIN, 0};
-  int rc;
+  ssize_t sent;
   do {
-    rc = ::poll(&p, 1, kAckTimeoutMs);
-  } while (rc < 0 && errno == EINTR);
+    sent = ::send(channel, &ready, 1, MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
   char ack = 0;
-  if (rc == 1 && ::recv(channel, &ack, 1, 0) == 1 && ack == protocol::kAck) return true;
-  why = rc == 0 ? "the old process did not acknowledge" : "the old process went away";
-  return false;
+  ssize_t got = 0;
+  if (sent == 1) {
+    do {
+      got = ::recv(channel, &ack, 1, 0);
+    } while (got < 0 && errno == EINTR);
+  }
+  if (got == 1 && ack == protocol::kAck) return {};
+  if (::getppid() != parent) {
+    alone = true;
+    why = "the old process went away during the hand-over; serving on our own";
+    return {};
+  }
+  why = "the old process did not acknowledge our readiness";
+  return errc::aborted;
 }
 
 }  // namespace
@@ -43,24 +49,29 @@ std::error_code upgrader::impl::do_ready() {
   if (startup().env.error) return startup().env.error;
 
   int channel = startup().env.ready_fd;
+  bool alone = false;
   if (channel >= 0) {
     unique_fd owned(channel);
     startup().env.ready_fd = -1;
     std::string why;
-    if (!handshake(channel, why)) log_pid(why + "; serving on our own");
+    std::error_code ec = handshake(channel, startup().parent, alone, why);
+    if (!why.empty()) log_pid(why);
+    if (ec) return ec;
   }
   if (!opts.pid_file.empty()) {
     if (auto ec = write_pid_file(opts.pid_file, pid)) {
       log_pid("can't write pid file " + opts.pid_file + ": " + ec.message());
     }
   }
-  // With NotifyAccess=main, systemd only listens to its main pid: the old process already
-  // said MAINPID=<us> before acknowledging, so this message is ours to send now.
+  // With NotifyAccess=main systemd only listens to its main pid. The old process, still the
+  // main pid, already said MAINPID=<us> and READY=1 after acknowledging; this repeats it for
+  // NotifyAccess=all and for the case where the old process is gone.
   notify(has_parent ? "MAINPID=" + std::to_string(pid) + "\nREADY=1" : std::string("READY=1"));
   for (const auto& name : registry::instance().close_unclaimed()) {
     log_pid("closed inherited listener '" + name + "': not used by this process");
   }
   if (watchdog_usec) next_watchdog = clock::now();
+  served = true;
   current.store(state::serving);
   return {};
 }

@@ -37,9 +37,11 @@ void upgrader::impl::begin_drain(bool final) {
   // Steps 1 and 2.
   draining_services.assign(targets.begin(), targets.end());
   for (drainable* d : targets) {
-    d->begin_drain([this, d] { post({command::kind::drained, {}, d}); });
+    d->begin_drain([box = box, d] { box->post({command::kind::drained, {}, d}); });
   }
-  registry::instance().close_all(final);
+  // A process that never served (killed before ready) must not unlink the paths of the
+  // process that still does.
+  registry::instance().close_all(final && served);
 
   // Step 3.
   if (opts.hammer_time.count() >= 0) hammer_at = clock::now() + opts.hammer_time;

@@ -50,7 +50,14 @@ void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> res
   spawn_request req;
   req.executable = startup().executable;
   req.argv = startup().argv;
-  req.fds = registry::instance().handover();
+  std::error_code dup_ec;
+  req.fds = registry::instance().handover(dup_ec);
+  if (dup_ec) {
+    failed_upgrades++;
+    notify("READY=1");
+    return refuse(dup_ec, "upgrade failed: can't duplicate the listeners: " + dup_ec.message() +
+                              "; still serving.");
+  }
   req.ready_fd = theirs.get();
   req.generation = generation + 1;
   req.notify_socket = systemd.path();
@@ -87,16 +94,16 @@ void upgrader::impl::on_channel_readable() {
                  "new process " + std::to_string(child) + " closed the readiness channel");
     return;
   }
-  // Hand-over. systemd must learn the new main pid from us (the current main pid) before
-  // the new process speaks, or NotifyAccess=main drops its READY=1.
-  notify("MAINPID=" + std::to_string(child));
+  // Hand-over. Acknowledge first: if the new process is gone by now nothing has been said
+  // to systemd and the rollback is clean. Then, as the main pid, tell systemd who the main
+  // pid is now (NotifyAccess=main would drop a MAINPID= from the new process).
   char ack = protocol::kAck;
   if (::send(upgrade->channel.get(), &ack, 1, MSG_NOSIGNAL) != 1) {
-    notify("MAINPID=" + std::to_string(pid));
     fail_upgrade(errc::child_exited,
                  "new process " + std::to_string(child) + " went away during the hand-over");
     return;
   }
+  notify("MAINPID=" + std::to_string(child) + "\nREADY=1");
   upgrades++;
   log_pid("new process " + std::to_string(child) + " is ready; handing over.");
   auto waiting = std::move(upgrade->waiting);
@@ -110,8 +117,8 @@ void upgrader::impl::on_child_exited() {
   fail_upgrade(errc::child_exited, "new process " + std::to_string(upgrade->child.pid));
 }
 
-void upgrader::impl::fail_upgrade(std::error_code ec, const std::string& why, bool kill_child) {
-  std::string status = kill_child ? kill_and_reap(upgrade->child) : reap(upgrade->child);
+void upgrader::impl::fail_upgrade(std::error_code ec, const std::string& why) {
+  std::string status = kill_and_reap(upgrade->child);
   std::string reason = why;
   if (ec == errc::child_exited) reason += " " + status + " before it was ready";
   failed_upgrades++;

@@ -254,12 +254,22 @@ void registry::add(std::string name, int fd) {
   e->owns_path = false;
 }
 
-std::vector<registry::handover_fd> registry::handover() const {
+std::vector<registry::handover_fd> registry::handover(std::error_code& ec) const {
   std::lock_guard lock(impl_->mu);
   std::vector<handover_fd> out;
   for (const auto& e : impl_->entries) {
-    if (e.claimed && e.fd) out.push_back({e.name, e.fd.get(), e.owns_path});
+    if (!e.claimed || !e.fd) continue;
+    unique_fd copy = dup_cloexec(e.fd.get(), ec);
+    if (ec) return {};
+    out.push_back({e.name, std::move(copy), e.owns_path});
   }
+  return out;
+}
+
+std::vector<registry::handover_fd> registry::handover() const {
+  std::error_code ec;
+  auto out = handover(ec);
+  if (ec) throw_error(ec, "can't duplicate the listeners");
   return out;
 }
 

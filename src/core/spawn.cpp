@@ -57,15 +57,24 @@ struct pid_slot {
   }
 };
 
-std::string describe_status(int status) {
-  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) {
-    int sig = WTERMSIG(status);
-    const char* name = ::sigdescr_np(sig);
-    return "was killed by signal " + std::to_string(sig) +
+std::string describe(const siginfo_t& si) {
+  if (si.si_code == CLD_EXITED) return "exited with status " + std::to_string(si.si_status);
+  if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED) {
+    const char* name = ::sigdescr_np(si.si_status);
+    return "was killed by signal " + std::to_string(si.si_status) +
            (name ? std::string(" (") + name + ")" : "");
   }
-  return "stopped with wait status " + std::to_string(status);
+  return "ended with code " + std::to_string(si.si_code);
+}
+
+constexpr auto kWaitPidfd = static_cast<idtype_t>(3);  // P_PIDFD (Linux 5.4)
+
+// Raw syscalls: glibc 2.36's <sys/pidfd.h> declares them without C linkage for C++.
+int pidfd_open(pid_t pid) {
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+}
+int pidfd_kill(int pidfd) {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0));
 }
 
 }  // namespace
@@ -79,7 +88,7 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
   // a source it still has to copy.
   std::vector<unique_fd> staged;
   for (const auto& fd : req.fds) {
-    staged.emplace_back(::fcntl(fd.fd, F_DUPFD_CLOEXEC, staging_floor));
+    staged.emplace_back(::fcntl(fd.fd.get(), F_DUPFD_CLOEXEC, staging_floor));
     if (!staged.back()) {
       why = "can't start new process: dup of '" + fd.name + "'";
       return last_error();
@@ -165,7 +174,7 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
 
   err_write.reset();
   out.pid = pid;
-  out.pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  out.pidfd.reset(pidfd_open(pid));
   int child_errno = 0;
   ssize_t got;
   do {
@@ -181,37 +190,32 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
     return errc::exec_failed;
   }
   if (!out.pidfd) {
-    // Without a pidfd we can't watch the child; give up on this upgrade cleanly.
+    // Without a pidfd we can't watch the child; give up on this upgrade cleanly. It is our
+    // unreaped child, so its pid is still ours to kill and wait for.
     std::error_code ec = last_error();
-    (void)kill_and_reap(out);
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    out.pid = -1;
     why = "can't start new process: pidfd_open";
     return ec;
   }
   return {};
 }
 
-std::string reap(const spawned& child) {
-  int status = 0;
-  pid_t r;
-  do {
-    r = ::waitpid(child.pid, &status, 0);
-  } while (r < 0 && errno == EINTR);
-  if (r != child.pid) return "exited (status unknown: it was reaped elsewhere)";
-  return describe_status(status);
-}
-
 std::string kill_and_reap(const spawned& child) {
-  if (child.pid <= 0) return "not running";
-  // Still our unreaped child, so the pid can't have been reused.
-  ::kill(child.pid, SIGKILL);
-  if (child.pidfd) {
-    pollfd p{child.pidfd.get(), POLLIN, 0};
-    ::poll(&p, 1, 5000);  // SIGKILL takes effect at once unless the child is in D state
+  if (!child.pidfd) return "not running";
+  pidfd_kill(child.pidfd.get());
+  // SIGKILL takes effect at once unless the child is in uninterruptible sleep.
+  pollfd p{child.pidfd.get(), POLLIN, 0};
+  ::poll(&p, 1, 5000);
+  siginfo_t si{};
+  if (::waitid(kWaitPidfd, static_cast<id_t>(child.pidfd.get()), &si, WEXITED | WNOHANG) != 0) {
+    return errno == ECHILD ? "exited (reaped elsewhere, status unknown)" : "could not be reaped";
   }
-  int status = 0;
-  pid_t r = ::waitpid(child.pid, &status, WNOHANG);
-  if (r != child.pid) return "did not exit after SIGKILL";
-  return describe_status(status);
+  if (si.si_pid == 0) return "did not exit after SIGKILL";
+  return describe(si);
 }
 
 }  // namespace endless::core

@@ -20,8 +20,8 @@ namespace endless::core {
 struct spawn_request {
   std::string executable;
   std::vector<std::string> argv;
-  std::vector<registry::handover_fd> fds;
-  int ready_fd = -1;  // the child's end of the readiness channel
+  std::vector<registry::handover_fd> fds;  // duplicates owned by the request
+  int ready_fd = -1;                       // the child's end of the readiness channel
   std::uint64_t generation = 0;
   std::string notify_socket;
   std::uint64_t watchdog_usec = 0;
@@ -35,10 +35,9 @@ struct spawned {
 // On failure returns an error and `why` says what failed ("exec /srv/app: No such file...").
 std::error_code spawn(const spawn_request& req, spawned& out, std::string& why);
 
-// Kills (SIGKILL) and reaps a child that has not been waited for; returns its wait status
-// as text ("exited with status 1", "was killed by signal 11 (Segmentation fault)").
+// Kills (SIGKILL) and reaps the child; returns how it ended, as text ("exited with status 1",
+// "was killed by signal 11 (Segmentation fault)"). Everything goes through the pidfd, so a
+// pid reaped elsewhere (SIGCHLD ignored, a waitpid(-1) reaper) and reused is never hit.
 std::string kill_and_reap(const spawned& child);
-// Reaps a child that has exited (pidfd readable); returns its status as text.
-std::string reap(const spawned& child);
 
 }  // namespace endless::core

@@ -158,6 +158,7 @@ namespace {
 
 process_start take_snapshot() {
   process_start s;
+  s.parent = ::getppid();
   s.env = parse_startup_env([](const char* name) { return ::getenv(name); }, ::getpid());
   // The inherited fds (and the readiness channel) must not leak into anything this process
   // execs except through an upgrade, which passes them explicitly.

@@ -50,6 +50,7 @@ std::string resolve_executable(const std::string& argv0, const std::string& cwd,
 
 struct process_start {
   startup_env env;
+  pid_t parent = 0;  // getppid() at load time
   std::string executable;
   std::vector<std::string> argv;
 };

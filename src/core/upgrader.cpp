@@ -91,13 +91,22 @@ void upgrader::impl::notify(std::string_view msg) const {
   }
 }
 
-void upgrader::impl::post(command c) {
+void upgrader::impl::mailbox::post(command c) {
   {
     std::lock_guard lock(mu);
     queue.push_back(std::move(c));
   }
   std::uint64_t one = 1;
   (void)!::write(wake.get(), &one, sizeof one);
+}
+
+std::deque<upgrader::impl::command> upgrader::impl::mailbox::take() {
+  std::uint64_t count;
+  (void)!::read(wake.get(), &count, sizeof count);
+  std::deque<command> batch;
+  std::lock_guard lock(mu);
+  batch.swap(queue);
+  return batch;
 }
 
 void upgrader::impl::run_hooks(hook when, int signo) {
@@ -188,7 +197,7 @@ void upgrader::impl::loop() {
   for (;;) {
     pollfd fds[4];
     int n = 0;
-    fds[n++] = {wake.get(), POLLIN, 0};
+    fds[n++] = {box->wake.get(), POLLIN, 0};
     int sig_at = -1, channel_at = -1, child_at = -1;
     if (signals) {
       sig_at = n;
@@ -211,38 +220,20 @@ void upgrader::impl::loop() {
         on_signal(signo);
     }
     if (rc > 0 && fds[0].revents) {
-      std::uint64_t count;
-      (void)!::read(wake.get(), &count, sizeof count);
-      std::deque<command> batch;
-      {
-        std::lock_guard lock(mu);
-        batch.swap(queue);
-      }
+      auto batch = box->take();
+      bool quit = false;
       for (auto& c : batch) {
-        using kind = command::kind;
-        switch (c.what) {
-          case kind::ready:
-            c.result.set_value(do_ready());
-            break;
-          case kind::upgrade:
-            do_upgrade(std::move(c.result), false);
-            break;
-          case kind::shutdown:
-            if (current.load() == state::draining || current.load() == state::stopped) break;
-            log_pid("Shutdown requested.");
-            if (upgrade) abort_upgrade();
-            begin_drain(true);
-            break;
-          case kind::hammer:
-            if (current.load() == state::draining) do_hammer();
-            break;
-          case kind::drained:
-            on_service_drained(c.from);
-            break;
-          case kind::quit:
-            return;
+        if (quit) {
+          // Never leave a caller of ready()/upgrade()/detach() with a broken promise.
+          if (c.what == command::kind::ready || c.what == command::kind::upgrade ||
+              c.what == command::kind::detach) {
+            c.result.set_value(errc::aborted);
+          }
+          continue;
         }
+        quit = !run(c);
       }
+      if (quit) return;
     }
     // The readiness byte wins over the deadline and over the exit seen in the same round:
     // a child that said 'R' and then died is the new server's problem, not a rollback.
@@ -259,6 +250,45 @@ void upgrader::impl::loop() {
   }
 }
 
+bool upgrader::impl::run(command& c) {
+  using kind = command::kind;
+  switch (c.what) {
+    case kind::ready:
+      c.result.set_value(do_ready());
+      break;
+    case kind::upgrade:
+      do_upgrade(std::move(c.result), false);
+      break;
+    case kind::shutdown:
+      if (current.load() == state::draining || current.load() == state::stopped) break;
+      log_pid("Shutdown requested.");
+      if (upgrade) abort_upgrade();
+      begin_drain(true);
+      break;
+    case kind::hammer:
+      if (current.load() == state::draining) do_hammer();
+      break;
+    case kind::drained:
+      on_service_drained(c.from);
+      break;
+    case kind::detach:
+      do_detach(c.from);
+      c.result.set_value({});
+      break;
+    case kind::quit:
+      return false;
+  }
+  return true;
+}
+
+void upgrader::impl::do_detach(const drainable* d) {
+  {
+    std::lock_guard lock(mu);
+    std::erase(services, d);
+  }
+  on_service_drained(d);  // a detached server no longer holds up the drain
+}
+
 // ---------------------------------------------------------------- public API
 
 upgrader::upgrader(options opts) {
@@ -269,8 +299,8 @@ upgrader::upgrader(options opts) {
   }
   try {
     impl_ = std::make_unique<impl>(std::move(opts));
-    impl_->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!impl_->wake) throw std::system_error(errno, std::system_category(), "eventfd");
+    impl_->box->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!impl_->box->wake) throw std::system_error(errno, std::system_category(), "eventfd");
     if (impl_->opts.handle_signals) {
       impl_->signals.emplace();
       for (int s : {SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2})
@@ -314,23 +344,24 @@ void upgrader::attach(drainable& d) {
 }
 
 void upgrader::detach(drainable& d) {
-  {
-    std::lock_guard lock(impl_->mu);
-    std::erase(impl_->services, &d);
+  // Synchronous: once detach() returns, the upgrader's thread will not call `d` again.
+  if (std::this_thread::get_id() == impl_->thread_id) {
+    impl_->do_detach(&d);
+    return;
   }
-  // A detached server no longer holds up the drain.
-  impl_->post({impl::command::kind::drained, {}, &d});
+  impl::command c{impl::command::kind::detach, {}, &d};
+  auto done = c.result.get_future();
+  impl_->post(std::move(c));
+  done.wait();
 }
 
 void upgrader::on(hook when, int signo, std::function<void()> fn) {
   if (!hookable(signo)) {
     throw std::invalid_argument("endless: no hooks for signal " + std::to_string(signo));
   }
-  {
-    std::lock_guard lock(impl_->mu);
-    auto& table = when == hook::pre_signal ? impl_->pre_hooks : impl_->post_hooks;
-    table[signo].push_back(std::move(fn));
-  }
+  std::lock_guard lock(impl_->mu);
+  auto& table = when == hook::pre_signal ? impl_->pre_hooks : impl_->post_hooks;
+  table[signo].push_back(std::move(fn));
   // SIGTSTP keeps its default (stop, so Ctrl-Z works) until someone hooks it.
   if (signo == SIGTSTP && impl_->signals) impl_->signals->handle(SIGTSTP);
 }

@@ -40,20 +40,29 @@ struct upgrader::impl {
   // --- guarded by mu
   std::mutex mu;
   std::condition_variable stopped_cv;
-  struct command {
-    enum class kind { ready, upgrade, shutdown, hammer, drained, quit } what;
-    std::promise<std::error_code> result;  // ready, upgrade
-    const drainable* from = nullptr;       // drained
-  };
-  std::deque<command> queue;
   std::vector<drainable*> services;
   std::map<int, std::vector<std::function<void()>>> pre_hooks, post_hooks;
   std::vector<std::function<void()>> shutdown_hooks;
 
+  // Commands to the upgrader's thread. Shared with the `done` callbacks handed to servers,
+  // which may run after the upgrader is gone: posting then is harmless.
+  struct command {
+    enum class kind { ready, upgrade, shutdown, hammer, drained, detach, quit } what;
+    std::promise<std::error_code> result;  // ready, upgrade, detach
+    const drainable* from = nullptr;       // drained, detach
+  };
+  struct mailbox {
+    std::mutex mu;
+    std::deque<command> queue;
+    unique_fd wake;  // eventfd
+    void post(command c);
+    std::deque<command> take();
+  };
+  std::shared_ptr<mailbox> box = std::make_shared<mailbox>();
+
   std::atomic<state> current{state::starting};
   std::atomic<std::uint64_t> upgrades{0}, failed_upgrades{0};
 
-  unique_fd wake;  // eventfd
   std::optional<signal_pipe> signals;
   std::thread thread;
   std::thread::id thread_id;
@@ -68,13 +77,17 @@ struct upgrader::impl {
   std::optional<upgrade_in_flight> upgrade;
   std::vector<const drainable*> draining_services;
   bool final_shutdown = false;
+  bool served = false;   // reached state::serving: only then may a final shutdown unlink paths
   bool drained = false;  // finish() ran; becomes state::stopped at the end of the round
   std::optional<clock::time_point> hammer_at;
   std::optional<clock::time_point> next_watchdog;
 
   // upgrader.cpp
-  void post(command c);
+  void post(command c) { box->post(std::move(c)); }
   void loop();
+  // Runs one command; false for quit.
+  bool run(command& c);
+  void do_detach(const drainable* d);
   void on_signal(int signo);
   void run_hooks(hook when, int signo);
   void log(std::string_view line) const;
@@ -90,7 +103,7 @@ struct upgrader::impl {
   void do_upgrade(std::optional<std::promise<std::error_code>> result, bool from_signal);
   void on_channel_readable();
   void on_child_exited();
-  void fail_upgrade(std::error_code ec, const std::string& why, bool kill_child = true);
+  void fail_upgrade(std::error_code ec, const std::string& why);
   void abort_upgrade();
 
   // drain.cpp

@@ -184,6 +184,20 @@ TEST_F(upgrade_test, rename_deploy_runs_the_new_binary_even_after_chdir) {
   EXPECT_EQ(get_body("/version"), "2");
 }
 
+TEST_F(upgrade_test, no_fd_leak_in_the_old_process_over_failed_upgrades) {
+  const std::string fault_file = dir / "fault";
+  pid_t pid = start({"--addr", "127.0.0.1:0", "--fault-file", fault_file});
+  write_file(fault_file, "exit1");
+  ASSERT_EQ(get_body("/upgrade"), "new process exited before it was ready");
+  const std::string fds = get_body("/fds");
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_EQ(get_body("/upgrade"), "new process exited before it was ready");
+  }
+  std::filesystem::remove(fault_file);
+  EXPECT_EQ(get_body("/fds"), fds) << "failed upgrades leak fds in the process that stays";
+  EXPECT_EQ(http_get(port, "/pid").x_pid, pid);
+}
+
 TEST_F(upgrade_test, no_fd_leak_over_twenty_upgrades) {
   pid_t pid = start({"--addr", "127.0.0.1:0", "--unix", dir / "sock"});
   pid = upgrade(pid);
@@ -205,7 +219,8 @@ TEST_F(upgrade_test, upgrade_api_reports_the_real_outcome) {
   EXPECT_EQ(get_body("/upgrade"), "new process exited before it was ready");
   EXPECT_EQ(read_pid(pidfile), pid);
   std::filesystem::remove(fault_file);
-  auto r = http_get(port, "/upgrade");
+  in_flight request(port, "/upgrade", /*keep_alive=*/true);
+  auto r = request.finish();
   ASSERT_TRUE(r.ok) << r.error;
   EXPECT_EQ(r.body, "ok");
   EXPECT_EQ(r.x_pid, pid) << "the request was answered by the old process";

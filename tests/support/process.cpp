@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -64,7 +65,7 @@ int left_ms(std::chrono::steady_clock::time_point deadline) {
 
 // Connects and sends the request; returns the error or "".
 std::string send_request(int fd, const sockaddr* sa, socklen_t len, const std::string& target,
-                         int timeout_ms) {
+                         int timeout_ms, bool keep_alive) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   if (::connect(fd, sa, len) != 0 && errno != EINPROGRESS) {
     return std::string("connect: ") + std::strerror(errno);
@@ -75,7 +76,8 @@ std::string send_request(int fd, const sockaddr* sa, socklen_t len, const std::s
   socklen_t elen = sizeof err;
   ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen);
   if (err) return std::string("connect: ") + std::strerror(err);
-  std::string req = "GET " + target + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+  std::string req = "GET " + target + " HTTP/1.1\r\nHost: test\r\n" +
+                    (keep_alive ? "" : "Connection: close\r\n") + "\r\n";
   if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
     return std::string("send: ") + std::strerror(errno);
   }
@@ -85,7 +87,7 @@ std::string send_request(int fd, const sockaddr* sa, socklen_t len, const std::s
 http_result exchange(int fd, const sockaddr* sa, socklen_t len, const std::string& target,
                      int timeout_ms) {
   http_result r;
-  r.error = send_request(fd, sa, len, target, timeout_ms);
+  r.error = send_request(fd, sa, len, target, timeout_ms, false);
   if (!r.error.empty()) return r;
   return read_response(fd, timeout_ms);
 }
@@ -96,7 +98,18 @@ http_result read_response(int fd, int timeout_ms) {
   http_result r;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   std::string data;
+  size_t head_end = std::string::npos;
+  size_t length = 0;
+  // Reads until the head and Content-Length bytes of body are in (keep-alive), or EOF.
   for (;;) {
+    if (head_end == std::string::npos) {
+      head_end = data.find("\r\n\r\n");
+      if (head_end != std::string::npos) {
+        size_t cl = data.find("Content-Length: ");
+        length = cl < head_end ? std::stoul(data.substr(cl + 16)) : 0;
+      }
+    }
+    if (head_end != std::string::npos && data.size() >= head_end + 4 + length) break;
     pollfd q{fd, POLLIN, 0};
     int rc = ::poll(&q, 1, left_ms(deadline));
     if (rc == 0) {
@@ -113,15 +126,12 @@ http_result read_response(int fd, int timeout_ms) {
     if (n == 0) break;
     data.append(buf, static_cast<size_t>(n));
   }
-  size_t head_end = data.find("\r\n\r\n");
   if (head_end == std::string::npos || data.compare(0, 9, "HTTP/1.1 ") != 0) {
     r.error = data.empty() ? "eof" : "malformed response";
     return r;
   }
   r.status = std::atoi(data.c_str() + 9);
   std::string head = data.substr(0, head_end);
-  size_t cl = head.find("Content-Length: ");
-  size_t length = cl == std::string::npos ? 0 : std::stoul(head.substr(cl + 16));
   r.body = data.substr(head_end + 4);
   if (r.body.size() != length) {
     r.error = "short body";
@@ -155,10 +165,10 @@ http_result http_get(int port, const std::string& target, int timeout_ms) {
   return r;
 }
 
-in_flight::in_flight(int port, const std::string& target) {
+in_flight::in_flight(int port, const std::string& target, bool keep_alive) {
   fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   sockaddr_in in = loopback(port);
-  error_ = send_request(fd_, reinterpret_cast<sockaddr*>(&in), sizeof in, target, 5000);
+  error_ = send_request(fd_, reinterpret_cast<sockaddr*>(&in), sizeof in, target, 5000, keep_alive);
   // Accept queues are FIFO and the server accepts in order: once a later connection is
   // answered, this one has been accepted too.
   if (error_.empty() && !http_get(port, "/pid").ok) error_ = "server did not answer";
@@ -192,11 +202,21 @@ processes::processes() {
 }
 
 processes::~processes() {
-  for (pid_t pid : tracked_) {
-    if (!gone(pid)) ::kill(pid, SIGKILL);
+  // Signals go through pidfds taken while each process was known to be ours, so a pid
+  // reaped elsewhere and reused by a stranger is never hit.
+  for (const auto& [pid, pidfd] : tracked_) {
+    if (!gone(pid)) ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
   }
-  for (pid_t pid : tracked_)
+  for (const auto& [pid, pidfd] : tracked_) {
     wait_gone(pid, 5s);
+    ::close(pidfd);
+  }
+}
+
+void processes::track(pid_t pid) {
+  if (pid <= 0 || tracked_.count(pid)) return;
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd >= 0) tracked_[pid] = pidfd;
 }
 
 pid_t processes::start(const spec& s) {
@@ -246,7 +266,7 @@ pid_t processes::start(const spec& s) {
   for (int fd : staged)
     ::close(fd);
   if (pid < 0) throw std::runtime_error("fork failed");
-  tracked_.insert(pid);
+  track(pid);
   return pid;
 }
 
@@ -262,11 +282,14 @@ bool processes::gone(pid_t pid, int* status) {
     if (status) *status = st;
     return true;
   }
-  // Not (yet) our child: look at /proc. A zombie of another parent counts as gone.
-  std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
-  if (stat.empty()) return true;
-  size_t paren = stat.rfind(')');
-  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+  // Not our child (or reaped by its parent): its pidfd turns readable when it exits.
+  auto it = tracked_.find(pid);
+  if (it == tracked_.end()) {
+    std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+    return stat.empty();
+  }
+  pollfd p{it->second, POLLIN, 0};
+  return ::poll(&p, 1, 0) == 1;
 }
 
 bool processes::wait_gone(pid_t pid, std::chrono::milliseconds timeout, int* status) {

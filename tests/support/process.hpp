@@ -49,7 +49,7 @@ http_result read_response(int fd, int timeout_ms);
 // request on a new connection was answered after it); its response is read by finish().
 class in_flight {
  public:
-  in_flight(int port, const std::string& target);
+  in_flight(int port, const std::string& target, bool keep_alive = false);
   ~in_flight();
   in_flight(const in_flight&) = delete;
   in_flight& operator=(const in_flight&) = delete;
@@ -77,14 +77,15 @@ class processes {
   };
   pid_t start(const spec& s);
 
-  // Remember a pid to kill at the end (e.g. one read from a pid file).
-  void track(pid_t pid) { tracked_.insert(pid); }
+  // Remember a process to kill at the end (e.g. one read from a pid file); call while it
+  // is known to be alive and ours.
+  void track(pid_t pid);
   // Has `pid` exited? Reaps it if it is our child; `status` gets its wait status.
   bool gone(pid_t pid, int* status = nullptr);
   bool wait_gone(pid_t pid, std::chrono::milliseconds timeout, int* status = nullptr);
 
  private:
-  std::set<pid_t> tracked_;
+  std::map<pid_t, int> tracked_;  // pid -> pidfd
   std::map<pid_t, int> reaped_;
 };
 

@@ -58,10 +58,12 @@ class registry {
 
   struct handover_fd {
     std::string name;
-    int fd;  // owned by the registry; valid until close_all()
+    unique_fd fd;  // a duplicate, made under the registry's lock
     bool owns_path;
   };
   // What goes to the next process: every listener created or claimed, and added fds.
+  // Fails (with `ec` set and nothing returned) if a duplicate can't be made (EMFILE).
+  std::vector<handover_fd> handover(std::error_code& ec) const;
   std::vector<handover_fd> handover() const;
 
   // After ready(): inherited fds nobody claimed are closed (a new config dropped them).

@@ -183,7 +183,7 @@ TEST(registry, other_fds_are_added_and_taken_by_name) {
   int udp = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   reg.add("udp:stats", udp);
   ASSERT_EQ(reg.handover().size(), 1u);
-  EXPECT_EQ(inode(reg.handover()[0].fd), inode(udp));
+  EXPECT_EQ(inode(reg.handover()[0].fd.get()), inode(udp));
   unique_fd again = reg.take("udp:stats");
   EXPECT_EQ(inode(again.get()), inode(udp));
   EXPECT_FALSE(reg.take("nothing"));
