@@ -9,3 +9,6 @@
 #include "endless/core/registry.hpp"
 #include "endless/core/unique_fd.hpp"
 #include "endless/core/upgrader.hpp"
+#include "endless/http/message.hpp"
+#include "endless/http/router.hpp"
+#include "endless/http/server.hpp"

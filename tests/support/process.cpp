@@ -252,6 +252,10 @@ pid_t processes::start(const spec& s) {
 
   pid_t pid = ::fork();
   if (pid == 0) {
+    // Its own process group, with its parent (us) in another group of the same session: a
+    // group is then not orphaned, so job-control signals such as SIGTSTP take effect (POSIX
+    // discards them in an orphaned group, which is what ctest's group is under CI).
+    ::setpgid(0, 0);
     ::dup2(log, 1);
     ::dup2(log, 2);
     for (size_t i = 0; i < staged.size(); ++i)

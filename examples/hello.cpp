@@ -1,0 +1,71 @@
+// The example server of DESIGN.md, used by the demo, the tests and the benchmarks:
+//   hello --addr HOST:PORT [--pidfile FILE] [--hammer-time SECONDS] [--threads N]
+//   GET /                 200 "Hello Zero-Downtime!\n"
+//   GET /ping?seq=N&ms=M  waits M ms (blocking this handler only), then 200 "pong-N"
+//   GET /pid              the serving process's pid
+// Every response carries X-Pid. SIGHUP restarts it with zero downtime; SIGTERM drains.
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "endless/endless.hpp"
+
+namespace {
+
+int usage(const char* why) {
+  std::fprintf(stderr,
+               "hello: %s\nusage: hello --addr HOST:PORT [--pidfile FILE] [--hammer-time SECONDS] "
+               "[--threads N]\n",
+               why);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace http = endless::http;
+  http::server_options& o = http::defaults();
+  o.addr = "127.0.0.1:8080";
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (i + 1 >= argc) return usage(("missing value for " + flag).c_str());
+    std::string value = argv[++i];
+    try {
+      if (flag == "--addr") {
+        o.addr = value;
+      } else if (flag == "--pidfile") {
+        o.pid_file = value;
+      } else if (flag == "--hammer-time") {
+        o.hammer_time = std::chrono::milliseconds(static_cast<long long>(std::stod(value) * 1000));
+      } else if (flag == "--threads") {
+        o.threads = std::stoi(value);
+      } else {
+        return usage(("unknown flag " + flag).c_str());
+      }
+    } catch (const std::exception&) {
+      return usage(("bad value '" + value + "' for " + flag).c_str());
+    }
+  }
+
+  const std::string pid = std::to_string(::getpid());
+  http::router r;
+  r.get("/", [](const http::request&, http::response& res) { res.text("Hello Zero-Downtime!\n"); });
+  r.get("/pid", [&pid](const http::request&, http::response& res) { res.text(pid); });
+  r.get("/ping", [](const http::request& req, http::response& res) {
+    std::string seq = req.query_value("seq").value_or("0");
+    long ms = 0;
+    std::string m = req.query_value("ms").value_or("0");
+    std::from_chars(m.data(), m.data() + m.size(), ms);
+    // A plain blocking sleep: the server gives this loop a new thread meanwhile.
+    if (ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(std::min(ms, 600000L)));
+    res.text("pong-" + seq);
+  });
+  http::server srv([&](const http::request& req, http::response& res) {
+    res.header("X-Pid", pid);
+    r(req, res);
+  });
+  return srv.listen_and_serve();
+}

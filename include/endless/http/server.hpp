@@ -1,0 +1,112 @@
+// endless::http::server: an HTTP/1.1 server whose restarts lose nothing.
+//
+//   endless::http::router r;
+//   r.get("/", [](auto&, auto& res) { res.text("Hello Zero-Downtime!\n"); });
+//   return endless::http::listen_and_serve(":8080", r);
+//
+// A server listens through endless::core's registry (so its socket survives upgrades), runs
+// its event loops, and drains when the process upgrades or shuts down: it stops accepting,
+// ends every keep-alive connection with its next response (Connection: close), closes idle
+// connections once they stayed idle through drain_grace, lets handlers finish, and is
+// force-closed by the hammer. Several servers run from one binary with serve(a, b, ...):
+// one upgrader, one set of signal hooks, one ready().
+//
+// Threads: `threads` event loops (default: the CPUs this process may run on), each running
+// handlers inline. A handler may block (sleep, call a slow database): a monitor notices a
+// loop stuck in one handler for more than ~10 ms and gives that loop a fresh thread, so other
+// connections never wait; the blocked thread finishes its one request and retires.
+// Thread safety: configure before serving; handlers run on loop threads concurrently.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "endless/core/upgrader.hpp"
+#include "endless/http/message.hpp"
+#include "endless/http/router.hpp"
+
+namespace endless::http {
+
+using namespace std::chrono_literals;
+
+enum class conn_state { created, active, idle, closed };
+
+struct server_options {
+  std::string addr = ":8080";  // "host:port", or "unix:/path"
+  // Whole request (head and body), from its first byte; 0 = none.
+  std::chrono::milliseconds read_timeout = 0ms;
+  // Request head, from its first byte (or from accept); 0 = none. Closes slowloris clients.
+  std::chrono::milliseconds read_header_timeout = 10s;
+  // Sending one response, while the client does not read; 0 = none.
+  std::chrono::milliseconds write_timeout = 0ms;
+  // A keep-alive connection waiting for its next request; 0 = read_timeout's value.
+  std::chrono::milliseconds idle_timeout = 120s;
+  std::size_t max_header_bytes = 1 << 20;  // Go's DefaultMaxHeaderBytes; more: 431
+  std::size_t max_body_bytes = 64 << 20;   // more: 413
+  // While draining, an idle connection is closed after it stayed idle this long (from its
+  // last response or from the start of the drain, whichever is later).
+  std::chrono::milliseconds drain_grace = 1s;
+  int threads = 0;         // event loops; 0 = CPUs in this process's affinity mask
+  int max_threads = 1024;  // cap on loop threads, blocked handlers included
+  // Process-wide, taken from the first server given to serve():
+  std::chrono::milliseconds hammer_time = core::kDefaultHammerTime;
+  std::chrono::milliseconds upgrade_timeout = core::kDefaultUpgradeTimeout;
+  std::string pid_file;
+  core::log_sink log;  // empty: stderr
+};
+
+// Process-wide defaults copied into every server constructed afterwards (endless's
+// DefaultReadTimeOut, DefaultWriteTimeOut, DefaultMaxHeaderBytes, DefaultHammerTime).
+server_options& defaults();
+
+class server {
+ public:
+  explicit server(handler h);
+  explicit server(const router& r);  // `r` must outlive the server
+  ~server();
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+
+  server_options& options() noexcept;
+  server& addr(std::string a);
+  server& read_timeout(std::chrono::milliseconds d);
+  server& read_header_timeout(std::chrono::milliseconds d);
+  server& write_timeout(std::chrono::milliseconds d);
+  server& idle_timeout(std::chrono::milliseconds d);
+  server& max_header_bytes(std::size_t n);
+  server& max_body_bytes(std::size_t n);
+  server& hammer_time(std::chrono::milliseconds d);
+  server& threads(int n);
+  server& pid_file(std::string path);
+
+  // Hooks. before_begin(addr) runs when the listener is ready (default: logs "<pid> <addr>");
+  // shutdown_initiated when the drain begins; on(pre_signal|post_signal, SIGUSR1, fn) around
+  // the handling of a signal; on_conn_state for every connection's transitions (runs on
+  // loop threads: keep it short and thread-safe).
+  server& before_begin(std::function<void(std::string_view addr)> fn);
+  server& shutdown_initiated(std::function<void()> fn);
+  server& on(core::hook when, int signo, std::function<void()> fn);
+  server& on_conn_state(std::function<void(std::uint64_t conn, conn_state)> fn);
+
+  // Serves until drained; returns the process exit code (0, or 1 after logging why).
+  int listen_and_serve();
+  int listen_and_serve(std::string_view addr);
+
+  struct impl;
+
+ private:
+  friend int serve(std::initializer_list<server*> servers);
+  std::unique_ptr<impl> impl_;
+};
+
+int listen_and_serve(std::string_view addr, handler h);
+int listen_and_serve(std::string_view addr, const router& r);
+// Several servers from one binary; process-wide options come from the first.
+int serve(std::initializer_list<server*> servers);
+
+}  // namespace endless::http

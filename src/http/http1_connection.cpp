@@ -1,0 +1,659 @@
+// One HTTP/1.1 connection on a loop: read, parse (http1_parser), dispatch, write, close.
+//
+// Hot path, keep-alive: one recv into this thread's scratch buffer, parse in place, run the
+// handler, append the response to this thread's output buffer, one send. A connection keeps
+// heap buffers only while it has a partial request or unsent output, so an idle connection
+// costs its small struct and nothing else.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+
+#include "detail.hpp"
+#include "server_impl.hpp"
+
+namespace endless::http {
+namespace {
+
+constexpr std::size_t kReadSize = 64 << 10;
+
+struct scratch {
+  char in[kReadSize];
+  std::string out;
+  h1::request_head head;
+  request req;
+  response res;
+  std::time_t date_second = 0;
+  char date[64] = {};
+  std::size_t date_len = 0;
+};
+
+scratch& tls() {
+  thread_local scratch s;
+  return s;
+}
+
+std::string_view http_date(scratch& s) {
+  std::time_t now = std::time(nullptr);
+  if (now != s.date_second) {
+    std::tm tm{};
+    ::gmtime_r(&now, &tm);
+    s.date_len = std::strftime(s.date, sizeof s.date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    s.date_second = now;
+  }
+  return {s.date, s.date_len};
+}
+
+// ------------------------------------------------------------------ timers
+
+timer_list& list_of(loop& l, timer_kind k) {
+  return l.timers[static_cast<int>(k)];
+}
+
+void timer_unlink(loop& l, connection& c) {
+  if (c.timer == timer_kind::none) return;
+  timer_list& t = list_of(l, c.timer);
+  (c.prev ? c.prev->next : t.head) = c.next;
+  (c.next ? c.next->prev : t.tail) = c.prev;
+  c.prev = c.next = nullptr;
+  c.timer = timer_kind::none;
+}
+
+void timer_arm(loop& l, connection& c, timer_kind k) {
+  timer_list& t = list_of(l, k);
+  if (c.timer == k && c.deadline_ms == l.now_ms + t.duration_ms) return;
+  timer_unlink(l, c);
+  if (t.duration_ms <= 0) return;
+  c.timer = k;
+  c.deadline_ms = l.now_ms + t.duration_ms;
+  c.prev = t.tail;
+  (t.tail ? t.tail->next : t.head) = &c;
+  t.tail = &c;
+}
+
+// ------------------------------------------------------------------ output
+
+void start_linger(loop& l, connection& c);
+
+// Sends c.out; false if the connection was closed.
+bool flush_pending(loop& l, connection& c) {
+  while (!c.out.empty()) {
+    ssize_t n = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      c.out.erase(0, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      c.read_blocked = true;
+      timer_arm(l, c, timer_kind::write);
+      return true;
+    }
+    close_connection(l, c);
+    return false;
+  }
+  std::string().swap(c.out);  // an idle connection keeps no buffer
+  c.read_blocked = false;
+  if (c.closing && c.stage != connection::phase::lingering) start_linger(l, c);
+  return c.stage != connection::phase::closed;
+}
+
+// Sends this thread's output for `c`; false if the connection was closed.
+bool flush_scratch(loop& l, connection& c, std::string& out) {
+  if (out.empty()) {
+    if (c.closing && c.out.empty() && c.stage != connection::phase::lingering) start_linger(l, c);
+    return true;
+  }
+  if (c.out.empty()) {
+    ssize_t n;
+    do {
+      n = ::send(c.fd, out.data(), out.size(), MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      out.clear();
+      close_connection(l, c);
+      return false;
+    }
+    std::size_t sent = n > 0 ? static_cast<std::size_t>(n) : 0;
+    if (sent < out.size()) c.out.assign(out, sent, std::string::npos);
+  } else {
+    c.out.append(out);
+  }
+  out.clear();
+  return flush_pending(l, c);
+}
+
+// Closing after a response: half-close and read until the client closes too, so that a
+// request it already sent does not turn our close into a reset that destroys the response
+// (RFC 9112 §9.6).
+void start_linger(loop& l, connection& c) {
+  c.stage = connection::phase::lingering;
+  ::shutdown(c.fd, SHUT_WR);
+  timer_arm(l, c, timer_kind::linger);
+}
+
+void linger_read(loop& l, connection& c) {
+  char sink[4096];
+  for (int i = 0; i < 64; ++i) {
+    ssize_t n = ::recv(c.fd, sink, sizeof sink, 0);
+    if (n > 0) continue;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    break;
+  }
+  close_connection(l, c);
+}
+
+void append_number(std::string& out, std::size_t v) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, end);
+}
+
+void error_response(loop& l, connection& c, std::string& out, const h1::error& err) {
+  std::string body =
+      std::to_string(err.status) + " " + reason_phrase(err.status) + ": " + err.reason + "\n";
+  out.append("HTTP/1.1 ").append(std::to_string(err.status)).append(" ");
+  out.append(reason_phrase(err.status)).append("\r\nDate: ").append(http_date(tls()));
+  out.append("\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+  append_number(out, body.size());
+  out.append("\r\nConnection: close\r\n\r\n").append(body);
+  c.closing = true;
+  (void)l;
+}
+
+// The connection, as the sink a streaming handler writes to: blocking sends, bounded by
+// write_timeout, after whatever earlier responses are still queued.
+class conn_sink final : public detail::body_sink {
+ public:
+  conn_sink(loop& l, connection& c, std::string& out) : l_(l), c_(c), out_(out) {}
+  bool send_now(std::string_view bytes) override {
+    if (!c_.out.empty() || !out_.empty()) {
+      std::string queued = std::move(c_.out);
+      queued.append(out_);
+      out_.clear();
+      c_.out.clear();
+      if (!send_all(queued)) return false;
+    }
+    return send_all(bytes);
+  }
+
+ private:
+  bool send_all(std::string_view bytes) {
+    auto limit = l_.srv->opts.write_timeout;
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!bytes.empty()) {
+      ssize_t n = ::send(c_.fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n > 0) {
+        bytes.remove_prefix(static_cast<std::size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return false;
+      int wait = -1;
+      if (limit.count() > 0) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline - std::chrono::steady_clock::now())
+                        .count();
+        if (left <= 0) return false;
+        wait = static_cast<int>(left);
+      }
+      pollfd p{c_.fd, POLLOUT, 0};
+      if (::poll(&p, 1, wait) <= 0 || (p.revents & (POLLERR | POLLHUP))) return false;
+    }
+    return true;
+  }
+  loop& l_;
+  connection& c_;
+  std::string& out_;
+};
+
+// ------------------------------------------------------------------ requests
+
+// Splits the target into path and query; an absolute-form target keeps only its path.
+void split_target(std::string_view target, std::string_view& path, std::string_view& query) {
+  std::string_view t = target;
+  if (t[0] != '/' && t != "*") {
+    std::size_t scheme = t.find("://");
+    std::size_t slash = t.find('/', scheme + 3);
+    t = slash == std::string_view::npos ? std::string_view("/") : t.substr(slash);
+  }
+  std::size_t q = t.find('?');
+  path = t.substr(0, q);
+  query = q == std::string_view::npos ? std::string_view() : t.substr(q + 1);
+}
+
+bool bodyless_status(int status) {
+  return (status >= 100 && status < 200) || status == 204 || status == 304;
+}
+
+// Runs the handler for one request and appends the response to `out`. Returns false when
+// this thread lost the loop while the handler ran.
+bool dispatch(loop& l, connection& c, const h1::request_head& head, std::string_view body,
+              std::string& out) {
+  scratch& s = tls();
+  std::string_view path, query;
+  split_target(head.target, path, query);
+  detail::access::set(s.req, head.method, head.target, path, query, head.headers.data(),
+                      head.headers.size(), head.version_minor, body, c.remote);
+  bool keep = head.keep_alive && !l.draining;
+  bool head_only = head.method == "HEAD";
+  conn_sink sink(l, c, out);
+  detail::access::reset(s.res, head_only, !keep, http_date(s), &sink);
+  detail::access::set_http10(s.res, head.version_minor == 0);
+  c.busy = true;
+  timer_unlink(l, c);
+  bool owner = run_handler(l, s.req, s.res);
+  response& res = s.res;
+  if (!detail::access::ok(res) && !res.streaming()) {
+    // A handler that threw: 500, and the connection goes on.
+    detail::access::reset(res, head_only, !keep, http_date(s), &sink);
+    res.status(500).text("500 internal server error\n");
+  }
+  if (res.streaming()) {
+    if (detail::access::chunked(res) && detail::access::ok(res)) {
+      if (!head_only) out.append("0\r\n\r\n");
+    } else {
+      c.closing = true;  // close-delimited (HTTP/1.0) or broken mid-stream
+    }
+  } else {
+    const std::string& b = detail::access::body(res);
+    bool no_body = bodyless_status(res.status());
+    detail::write_head(out, res, no_body ? -2 : static_cast<long long>(b.size()), false);
+    if (!head_only && !no_body) out.append(b);
+  }
+  if (detail::access::close(res)) c.closing = true;
+  if (owner) c.busy = false;
+  return owner;
+}
+
+void reset_request_state(connection& c) {
+  c.stage = connection::phase::head;
+  c.scan = 0;
+  c.head_length = 0;
+  c.body_consumed = 0;
+  c.chunked.reset();
+  if (!c.body.empty()) std::string().swap(c.body);
+  c.sent_continue = false;
+  c.active = false;
+}
+
+// Parses and serves every complete request in `data`; `consumed` says how much was used.
+// Returns false when this thread lost the loop (the rest is the caller's to keep).
+bool process(loop& l, connection& c, std::string_view data, std::size_t& consumed,
+             std::string& out) {
+  const server_options& o = l.srv->opts;
+  h1::limits lim;
+  lim.max_header_bytes = o.max_header_bytes;
+  std::size_t pos = 0;
+  scratch& s = tls();
+  while (pos < data.size() && !c.closing) {
+    std::string_view rest = data.substr(pos);
+    if (!c.active) {
+      // RFC 9112 §2.2: ignore empty lines before a request-line.
+      std::size_t skipped = 0;
+      while (rest.size() >= 2 && rest[0] == '\r' && rest[1] == '\n' && skipped < 8) {
+        rest.remove_prefix(2);
+        pos += 2;
+        ++skipped;
+      }
+      if (rest.empty() || rest == "\r") break;
+      c.active = true;
+      l.srv->state_changed(c, conn_state::active);
+      timer_arm(l, c, timer_kind::header);
+    }
+    h1::error err;
+    if (c.head_length == 0) {
+      auto r = h1::find_head_end(rest, c.scan, c.head_length, lim, err);
+      if (r == h1::result::incomplete) break;
+      if (r == h1::result::bad) {
+        error_response(l, c, out, err);
+        pos = data.size();
+        break;
+      }
+    }
+    if (h1::parse_head(rest.substr(0, c.head_length), s.head, lim, err) != h1::result::done) {
+      error_response(l, c, out, err);
+      pos = data.size();
+      break;
+    }
+    std::string_view body;
+    std::size_t total = c.head_length;
+    if (s.head.body == h1::body_kind::length) {
+      if (s.head.content_length > o.max_body_bytes) {
+        error_response(l, c, out, {413, "request body too large"});
+        pos = data.size();
+        break;
+      }
+      total += static_cast<std::size_t>(s.head.content_length);
+      if (rest.size() < total) {
+        if (s.head.expect_continue && !c.sent_continue && s.head.version_minor >= 1) {
+          out.append("HTTP/1.1 100 Continue\r\n\r\n");
+          c.sent_continue = true;
+        }
+        if (c.stage != connection::phase::body) {
+          c.stage = connection::phase::body;
+          timer_arm(l, c, timer_kind::body);
+        }
+        break;
+      }
+      body = rest.substr(c.head_length, static_cast<std::size_t>(s.head.content_length));
+    } else if (s.head.body == h1::body_kind::chunked) {
+      std::size_t used = 0;
+      std::string_view fresh = rest.substr(c.head_length + c.body_consumed);
+      auto r = c.chunked.feed(fresh, used, c.body, o.max_body_bytes, err);
+      c.body_consumed += used;
+      if (r == h1::result::bad) {
+        error_response(l, c, out, err);
+        pos = data.size();
+        break;
+      }
+      if (r == h1::result::incomplete) {
+        if (s.head.expect_continue && !c.sent_continue) {
+          out.append("HTTP/1.1 100 Continue\r\n\r\n");
+          c.sent_continue = true;
+        }
+        if (c.stage != connection::phase::body) {
+          c.stage = connection::phase::body;
+          timer_arm(l, c, timer_kind::body);
+        }
+        break;
+      }
+      body = c.body;
+      total += c.body_consumed;
+    }
+    bool owner = dispatch(l, c, s.head, body, out);
+    pos += total;
+    reset_request_state(c);
+    if (!owner) {
+      consumed = pos;
+      return false;
+    }
+    c.last_active_ms = l.now_ms;
+  }
+  consumed = c.closing ? data.size() : pos;
+  return true;
+}
+
+// After process(): keep the unparsed rest, arm the right timer.
+void settle(loop& l, connection& c) {
+  if (c.stage == connection::phase::lingering || c.stage == connection::phase::closed) return;
+  if (!c.out.empty()) return;  // the write timer is armed
+  if (!c.active) {
+    if (c.in.empty()) std::string().swap(c.in);
+    l.srv->state_changed(c, conn_state::idle);
+    timer_arm(l, c, timer_kind::idle);
+  }
+}
+
+// This thread lost the loop inside a handler: leave everything in the connection and let
+// the loop's new owner carry on with it.
+void hand_back(loop& l, connection& c, std::string_view rest, std::string& out) {
+  c.in.assign(rest);
+  c.out.append(out);
+  out.clear();
+  connection* cp = &c;
+  l.post([&l, cp] { on_resume(l, *cp); });
+}
+
+bool read_and_process(loop& l, connection& c, bool peer_closed) {
+  scratch& s = tls();
+  for (int round = 0; round < 16; ++round) {
+    std::string_view data;
+    ssize_t n;
+    bool from_scratch = c.in.empty();
+    if (from_scratch) {
+      n = ::recv(c.fd, s.in, kReadSize, 0);
+      if (n > 0) data = {s.in, static_cast<std::size_t>(n)};
+    } else {
+      std::size_t old = c.in.size();
+      c.in.resize(old + kReadSize);
+      n = ::recv(c.fd, c.in.data() + old, kReadSize, 0);
+      c.in.resize(old + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
+      data = c.in;
+    }
+    if (n == 0) {
+      close_connection(l, c);  // the client closed (a partial request is dropped)
+      return true;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      close_connection(l, c);
+      return true;
+    }
+    std::size_t consumed = 0;
+    bool owner = process(l, c, data, consumed, s.out);
+    if (!owner) {
+      std::string rest(data.substr(consumed));
+      hand_back(l, c, rest, s.out);
+      return false;
+    }
+    if (from_scratch) {
+      if (consumed < data.size()) c.in.assign(data.substr(consumed));
+    } else {
+      c.in.erase(0, consumed);
+    }
+    if (!flush_scratch(l, c, s.out)) return true;
+    if (c.closing || c.read_blocked) break;
+    // A short read emptied the socket; with edge triggering a later arrival is a new event.
+    // Not so for a FIN that came with the data: read on to see it.
+    if (static_cast<std::size_t>(n) < kReadSize && !peer_closed) break;
+    if (round == 15) {
+      connection* cp = &c;  // fairness: let other connections run, then continue
+      l.post([&l, cp] {
+        std::lock_guard lock(l.conns_mu);
+        if (l.conns.count(cp)) l.post([&l, cp] { on_io(l, *cp, EPOLLIN); });
+      });
+    }
+  }
+  settle(l, c);
+  return true;
+}
+
+}  // namespace
+
+std::int64_t coarse_now_ms() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+void on_accepted(loop& l, int fd, std::string remote) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  auto* c = new connection;
+  c->fd = fd;
+  c->id = l.srv->next_conn_id.fetch_add(1, std::memory_order_relaxed);
+  c->owner = &l;
+  c->remote = std::move(remote);
+  c->last_active_ms = l.now_ms;
+  {
+    std::lock_guard lock(l.conns_mu);
+    l.conns.insert(c);
+  }
+  ++l.conn_count;
+  l.srv->state_changed(*c, conn_state::created);
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  ev.data.ptr = c;
+  if (::epoll_ctl(l.epoll.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+    close_connection(l, *c);
+    return;
+  }
+  timer_arm(l, *c, l.draining ? timer_kind::idle : timer_kind::header);
+}
+
+bool on_io(loop& l, connection& c, std::uint32_t events) {
+  if (c.busy || c.stage == connection::phase::closed) return true;
+  if (events & EPOLLERR) {
+    close_connection(l, c);
+    return true;
+  }
+  if (!c.out.empty() && !flush_pending(l, c)) return true;
+  if (c.stage == connection::phase::lingering) {
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) linger_read(l, c);
+    return true;
+  }
+  if (c.read_blocked || c.closing) return true;
+  if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))) return true;
+  return read_and_process(l, c, events & (EPOLLRDHUP | EPOLLHUP));
+}
+
+void on_resume(loop& l, connection& c) {
+  {
+    std::lock_guard lock(l.conns_mu);
+    if (!l.conns.count(&c)) return;
+  }
+  c.busy = false;
+  if (!c.out.empty() && !flush_pending(l, c)) return;
+  if (c.closing) {
+    if (c.out.empty() && c.stage != connection::phase::lingering) start_linger(l, c);
+    return;
+  }
+  scratch& s = tls();
+  if (!c.in.empty()) {
+    std::string data = std::move(c.in);
+    c.in.clear();
+    std::size_t consumed = 0;
+    bool owner = process(l, c, data, consumed, s.out);
+    if (!owner) {
+      hand_back(l, c, std::string_view(data).substr(consumed), s.out);
+      return;
+    }
+    c.in.assign(data, consumed, std::string::npos);
+    if (!flush_scratch(l, c, s.out)) return;
+    if (c.closing || c.read_blocked) return;
+  }
+  // Whatever arrived while the handler ran raised no new edge for us: read now.
+  (void)read_and_process(l, c, false);
+}
+
+void close_connection(loop& l, connection& c) {
+  if (c.stage == connection::phase::closed) return;
+  c.stage = connection::phase::closed;
+  timer_unlink(l, c);
+  l.srv->state_changed(c, conn_state::closed);
+  // Remove from epoll explicitly: a copy of the fd in a forked child (between fork and exec
+  // of an upgrade) would keep the registration alive after close().
+  ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, c.fd, nullptr);
+  {
+    std::lock_guard lock(l.conns_mu);
+    l.conns.erase(&c);
+  }
+  ::close(c.fd);
+  delete &c;  // never busy here: a busy connection gets no events, timers or closes
+  --l.conn_count;
+  check_drained(l);
+}
+
+void expire_timers(loop& l) {
+  for (int k = 1; k < static_cast<int>(timer_kind::count); ++k) {
+    timer_list& t = l.timers[k];
+    while (t.head && t.head->deadline_ms <= l.now_ms) {
+      connection* c = t.head;
+      timer_unlink(l, *c);
+      // Header, body, idle, write, linger: the client took too long; close. (Go closes
+      // silently too; a slowloris client gets nothing to read.)
+      close_connection(l, *c);
+    }
+  }
+}
+
+std::int64_t next_deadline(const loop& l) {
+  std::int64_t next = -1;
+  for (int k = 1; k < static_cast<int>(timer_kind::count); ++k) {
+    const timer_list& t = l.timers[k];
+    if (t.head && (next < 0 || t.head->deadline_ms < next)) next = t.head->deadline_ms;
+  }
+  return next;
+}
+
+void begin_loop_drain(loop& l) {
+  if (l.draining) return;
+  l.draining = true;
+  l.now_ms = coarse_now_ms();
+  l.drain_started_ms = l.now_ms;
+  // Step 1: stop accepting. Never shutdown() the listener: the new process shares it.
+  if (l.listener) {
+    ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, l.listener.get(), nullptr);
+    l.listener.reset();
+  }
+  l.accepting = false;
+  // Step 2: idle connections close once they stayed idle through drain_grace (from now);
+  // busy ones end with their next response (Connection: close, set in dispatch).
+  timer_list& idle = list_of(l, timer_kind::idle);
+  idle.duration_ms = l.srv->opts.drain_grace.count();
+  std::vector<connection*> idle_now;
+  {
+    std::lock_guard lock(l.conns_mu);
+    for (connection* c : l.conns) {
+      if (!c->busy && !c->active && c->out.empty() && c->stage == connection::phase::head) {
+        idle_now.push_back(c);
+      }
+    }
+  }
+  for (connection* c : idle_now) {
+    timer_unlink(l, *c);
+    timer_arm(l, *c, timer_kind::idle);
+  }
+  check_drained(l);
+}
+
+namespace detail {
+
+void write_head(std::string& out, const response& res, long long content_length, bool) {
+  int status = res.status();
+  out.append("HTTP/1.1 ");
+  append_number(out, static_cast<std::size_t>(status));
+  out.push_back(' ');
+  out.append(reason_phrase(status));
+  out.append("\r\nDate: ").append(access::date(res));
+  if (content_length >= 0) {
+    out.append("\r\nContent-Length: ");
+    append_number(out, static_cast<std::size_t>(content_length));
+  } else if (content_length == -1) {
+    out.append("\r\nTransfer-Encoding: chunked");
+  }
+  if (access::close(res)) {
+    out.append("\r\nConnection: close");
+  } else if (access::http10(res)) {
+    out.append("\r\nConnection: keep-alive");
+  }
+  out.append("\r\n").append(access::headers(res)).append("\r\n");
+}
+
+}  // namespace detail
+
+bool response::write(std::string_view data) {
+  if (!ok_ || !sink_) return false;
+  std::string frame;
+  if (!streaming_) {
+    // HTTP/1.1: chunked; HTTP/1.0: no length, the end of the body is the close.
+    bool chunked = !http10_;
+    streaming_ = true;
+    chunked_ = chunked;
+    if (!chunked) close_ = true;
+    detail::write_head(frame, *this, chunked ? -1 : -2, chunked);
+  }
+  if (!head_only_ && !data.empty()) {
+    if (chunked_) {
+      char hex[20];
+      auto [end, ec] = std::to_chars(hex, hex + sizeof hex, data.size(), 16);
+      frame.append(hex, end).append("\r\n").append(data).append("\r\n");
+    } else {
+      frame.append(data);
+    }
+  }
+  if (frame.empty()) return true;
+  if (!sink_->send_now(frame)) ok_ = false;
+  return ok_;
+}
+
+}  // namespace endless::http

@@ -1,0 +1,309 @@
+#include "http1_parser.hpp"
+
+#include <array>
+#include <charconv>
+#include <cstring>
+
+namespace endless::http::h1 {
+namespace {
+
+// RFC 9110 §5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
+// "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
+constexpr std::array<bool, 256> make_tchar() {
+  std::array<bool, 256> t{};
+  for (int c = '0'; c <= '9'; ++c)
+    t[c] = true;
+  for (int c = 'a'; c <= 'z'; ++c)
+    t[c] = true;
+  for (int c = 'A'; c <= 'Z'; ++c)
+    t[c] = true;
+  for (char c : std::string_view("!#$%&'*+-.^_`|~"))
+    t[static_cast<unsigned char>(c)] = true;
+  return t;
+}
+constexpr auto kTchar = make_tchar();
+
+bool is_token(std::string_view s) noexcept {
+  if (s.empty()) return false;
+  for (unsigned char c : s) {
+    if (!kTchar[c]) return false;
+  }
+  return true;
+}
+
+// field-value characters (RFC 9110 §5.5): VCHAR, obs-text, SP, HTAB. No CTL, no DEL.
+bool is_field_char(unsigned char c) noexcept {
+  return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+char lower(char c) noexcept {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
+
+std::string_view trim_ows(std::string_view s) noexcept {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
+  return s;
+}
+
+result fail(error& err, int status, const char* reason) noexcept {
+  err = {status, reason};
+  return result::bad;
+}
+
+// Calls fn(element) for each element of a comma-separated list (RFC 9110 §5.6.1), trimmed.
+template <class Fn>
+void for_each_element(std::string_view list, Fn&& fn) {
+  while (!list.empty()) {
+    size_t comma = list.find(',');
+    std::string_view item = trim_ows(list.substr(0, comma));
+    if (!item.empty()) fn(item);
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+}
+
+}  // namespace
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (lower(a[i]) != lower(b[i])) return false;
+  }
+  return true;
+}
+
+const header* request_head::find(std::string_view name) const noexcept {
+  for (const auto& h : headers) {
+    if (iequals(h.name, name)) return &h;
+  }
+  return nullptr;
+}
+
+result find_head_end(std::string_view buf, size_t& scan_from, size_t& head_length,
+                     const limits& lim, error& err) noexcept {
+  size_t pos = scan_from;
+  while (pos < buf.size()) {
+    const void* nl = std::memchr(buf.data() + pos, '\n', buf.size() - pos);
+    if (!nl) break;
+    size_t i = static_cast<size_t>(static_cast<const char*>(nl) - buf.data());
+    // RFC 9112 §2.2 allows a lenient bare LF; accepting it is how request smuggling starts.
+    if (i == 0 || buf[i - 1] != '\r') return fail(err, 400, "bare LF in request head");
+    if (i >= 3 && buf[i - 2] == '\n') {
+      head_length = i + 1;
+      scan_from = 0;
+      if (head_length > lim.max_header_bytes) return fail(err, 431, "request head too large");
+      return result::done;
+    }
+    pos = i + 1;
+    scan_from = pos;
+  }
+  if (buf.size() > lim.max_header_bytes) return fail(err, 431, "request head too large");
+  return result::incomplete;
+}
+
+result parse_head(std::string_view head, request_head& out, const limits& lim,
+                  error& err) noexcept {
+  out.clear();
+  out.length = head.size();
+  // request-line = method SP request-target SP HTTP-version CRLF  (RFC 9112 §3)
+  size_t eol = head.find("\r\n");
+  std::string_view line = head.substr(0, eol);
+  size_t sp1 = line.find(' ');
+  if (sp1 == std::string_view::npos) return fail(err, 400, "malformed request line");
+  out.method = line.substr(0, sp1);
+  if (!is_token(out.method)) return fail(err, 400, "invalid method");
+  size_t sp2 = line.find(' ', sp1 + 1);
+  if (sp2 == std::string_view::npos) return fail(err, 400, "malformed request line");
+  out.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  std::string_view version = line.substr(sp2 + 1);
+  if (out.target.empty()) return fail(err, 400, "empty request target");
+  if (out.target.size() > lim.max_target) return fail(err, 414, "request target too long");
+  for (unsigned char c : out.target) {
+    if (c <= 0x20 || c >= 0x7f) return fail(err, 400, "invalid character in request target");
+  }
+  if (version.size() != 8 || version.compare(0, 5, "HTTP/") != 0 || version[6] != '.' ||
+      version[5] < '0' || version[5] > '9' || version[7] < '0' || version[7] > '9') {
+    return fail(err, 400, "malformed HTTP version");
+  }
+  if (version[5] != '1') return fail(err, 505, "HTTP version not supported");
+  out.version_minor = version[7] - '0';
+  if (out.target[0] != '/') {
+    bool absolute = out.target.starts_with("http://") || out.target.starts_with("https://");
+    bool asterisk = out.target == "*" && out.method == "OPTIONS";
+    if (!absolute && !asterisk) return fail(err, 400, "invalid request target form");
+  }
+
+  // field-line = field-name ":" OWS field-value OWS   (RFC 9112 §5)
+  size_t hosts = 0;
+  bool have_length = false, have_te = false, chunked_last = false, other_coding = false;
+  int chunked_count = 0;
+  bool connection_close = false, connection_keep_alive = false;
+  size_t pos = eol + 2;
+  while (pos < head.size()) {
+    size_t end = head.find("\r\n", pos);
+    if (end == pos) break;  // the empty line
+    std::string_view field = head.substr(pos, end - pos);
+    pos = end + 2;
+    if (field[0] == ' ' || field[0] == '\t') return fail(err, 400, "obs-fold in header");
+    size_t colon = field.find(':');
+    if (colon == std::string_view::npos) return fail(err, 400, "header without colon");
+    std::string_view name = field.substr(0, colon);
+    if (!is_token(name)) return fail(err, 400, "invalid header name");
+    std::string_view value = trim_ows(field.substr(colon + 1));
+    for (unsigned char c : value) {
+      if (!is_field_char(c)) return fail(err, 400, "invalid character in header value");
+    }
+    if (out.headers.size() >= lim.max_headers) return fail(err, 431, "too many header fields");
+    out.headers.push_back({name, value});
+
+    if (iequals(name, "content-length")) {
+      bool bad = false;
+      for_each_element(value, [&](std::string_view v) {
+        std::uint64_t n = 0;
+        auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+        if (ec != std::errc{} || p != v.data() + v.size() || v[0] == '+' ||
+            (have_length && n != out.content_length)) {
+          bad = true;
+        }
+        out.content_length = n;
+        have_length = true;
+      });
+      if (bad || !have_length) return fail(err, 400, "invalid or conflicting Content-Length");
+    } else if (iequals(name, "transfer-encoding")) {
+      have_te = true;
+      for_each_element(value, [&](std::string_view coding) {
+        chunked_last = iequals(coding, "chunked");
+        if (chunked_last) {
+          ++chunked_count;
+        } else {
+          other_coding = true;
+        }
+      });
+    } else if (iequals(name, "host")) {
+      ++hosts;
+    } else if (iequals(name, "connection")) {
+      for_each_element(value, [&](std::string_view opt) {
+        if (iequals(opt, "close")) connection_close = true;
+        if (iequals(opt, "keep-alive")) connection_keep_alive = true;
+      });
+    } else if (iequals(name, "expect")) {
+      if (iequals(value, "100-continue")) out.expect_continue = true;
+    }
+  }
+
+  // RFC 9112 §3.2: exactly one Host in HTTP/1.1.
+  if (out.version_minor >= 1 && hosts != 1) return fail(err, 400, "missing or repeated Host");
+  if (hosts > 1) return fail(err, 400, "repeated Host");
+  // RFC 9112 §6.1 / §6.3: Transfer-Encoding decides framing; with Content-Length too, or in
+  // HTTP/1.0, or without chunked last, the framing is ambiguous: reject.
+  if (have_te) {
+    if (have_length) return fail(err, 400, "Transfer-Encoding with Content-Length");
+    if (out.version_minor == 0) return fail(err, 400, "Transfer-Encoding in HTTP/1.0");
+    if (!chunked_last || chunked_count != 1)
+      return fail(err, 400, "chunked is not the final coding");
+    if (other_coding) return fail(err, 501, "unsupported transfer coding");
+    out.body = body_kind::chunked;
+  } else if (have_length && out.content_length > 0) {
+    out.body = body_kind::length;
+  }
+  out.keep_alive = out.version_minor >= 1 ? !connection_close : connection_keep_alive;
+  return result::done;
+}
+
+result chunked_decoder::feed(std::string_view in, size_t& consumed, std::string& body,
+                             size_t max_body, error& err) {
+  constexpr int kMaxDigits = 16;           // 2^64 - 1
+  constexpr size_t kMaxTrailer = 8 << 10;  // chunk extensions and trailer fields
+  size_t i = 0;
+  auto done = [&](result r) {
+    consumed = i;
+    return r;
+  };
+  while (i < in.size()) {
+    unsigned char c = static_cast<unsigned char>(in[i]);
+    switch (state_) {
+      case state::size: {
+        int v = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (v >= 0) {
+          if (++digits_ > kMaxDigits) return done(fail(err, 400, "chunk size too large"));
+          remaining_ = remaining_ * 16 + static_cast<unsigned>(v);
+          ++i;
+          break;
+        }
+        if (digits_ == 0) return done(fail(err, 400, "invalid chunk size"));
+        if (c == ';' || c == ' ' || c == '\t') {
+          state_ = state::ext;
+        } else if (c == '\r') {
+          state_ = state::size_lf;
+          ++i;
+        } else {
+          return done(fail(err, 400, "invalid chunk size"));
+        }
+        break;
+      }
+      case state::ext:  // chunk extensions are ignored, but bounded and free of CTLs
+        if (c == '\r') {
+          state_ = state::size_lf;
+        } else if (!is_field_char(c) || ++trailer_bytes_ > kMaxTrailer) {
+          return done(fail(err, 400, "invalid chunk extension"));
+        }
+        ++i;
+        break;
+      case state::size_lf:
+        if (c != '\n') return done(fail(err, 400, "bare CR in chunk size line"));
+        ++i;
+        digits_ = 0;
+        state_ = remaining_ == 0 ? state::trailer : state::data;
+        line_start_ = 0;
+        cr_ = false;
+        break;
+      case state::data: {
+        size_t take = static_cast<size_t>(std::min<std::uint64_t>(remaining_, in.size() - i));
+        if (body.size() + take > max_body) return done(fail(err, 413, "request body too large"));
+        body.append(in.data() + i, take);
+        i += take;
+        remaining_ -= take;
+        if (remaining_ == 0) state_ = state::data_cr;
+        break;
+      }
+      case state::data_cr:
+        if (c != '\r') return done(fail(err, 400, "chunk data longer than its size"));
+        ++i;
+        state_ = state::data_lf;
+        break;
+      case state::data_lf:
+        if (c != '\n') return done(fail(err, 400, "bare CR after chunk data"));
+        ++i;
+        state_ = state::size;
+        break;
+      case state::trailer:
+        // trailer-section = *( field-line CRLF ) CRLF; fields are checked, then dropped.
+        ++i;
+        if (++trailer_bytes_ > kMaxTrailer) return done(fail(err, 413, "trailer too large"));
+        if (cr_) {
+          if (c != '\n') return done(fail(err, 400, "bare CR in trailer"));
+          cr_ = false;
+          if (line_start_ == 0) return done(result::done);
+          line_start_ = 0;
+        } else if (c == '\r') {
+          cr_ = true;
+        } else if (c == '\n') {
+          return done(fail(err, 400, "bare LF in trailer"));
+        } else if (!is_field_char(c) || (line_start_ == 0 && (c == ' ' || c == '\t'))) {
+          return done(fail(err, 400, "invalid trailer field"));
+        } else {
+          ++line_start_;
+        }
+        break;
+    }
+  }
+  return done(result::incomplete);
+}
+
+}  // namespace endless::http::h1

@@ -1,0 +1,153 @@
+#include "endless/http/message.hpp"
+
+#include "http1_parser.hpp"
+
+namespace endless::http {
+
+std::optional<std::string_view> request::header(std::string_view name) const noexcept {
+  for (std::size_t i = 0; i < header_count_; ++i) {
+    if (h1::iequals(headers_[i].name, name)) return headers_[i].value;
+  }
+  return std::nullopt;
+}
+
+std::string_view request::param(std::string_view name) const noexcept {
+  for (const auto& [k, v] : params_) {
+    if (k == name) return v;
+  }
+  return {};
+}
+
+namespace {
+int hex(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string decode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '+') {
+      out += ' ';
+    } else if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+      out += static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2]));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+}  // namespace
+
+std::optional<std::string> request::query_value(std::string_view key) const {
+  std::string_view q = query_;
+  while (!q.empty()) {
+    std::size_t amp = q.find('&');
+    std::string_view pair = q.substr(0, amp);
+    std::size_t eq = pair.find('=');
+    if (decode(pair.substr(0, eq)) == key) {
+      return eq == std::string_view::npos ? std::string() : decode(pair.substr(eq + 1));
+    }
+    if (amp == std::string_view::npos) break;
+    q.remove_prefix(amp + 1);
+  }
+  return std::nullopt;
+}
+
+response& response::header(std::string_view name, std::string_view value) {
+  for (std::string_view reserved : {"content-length", "transfer-encoding", "date", "connection"}) {
+    if (h1::iequals(name, reserved)) return *this;
+  }
+  // A CR or LF in a name or value would let a handler split the response: drop the field.
+  for (std::string_view part : {name, value}) {
+    if (part.find_first_of("\r\n") != std::string_view::npos) return *this;
+  }
+  headers_.append(name).append(": ").append(value).append("\r\n");
+  return *this;
+}
+
+void response::send(std::string_view body, std::string_view content_type) {
+  if (!content_type.empty()) header("Content-Type", content_type);
+  body_.assign(body);
+}
+
+const char* reason_phrase(int status) noexcept {
+  switch (status) {
+    case 100:
+      return "Continue";
+    case 101:
+      return "Switching Protocols";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 206:
+      return "Partial Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 303:
+      return "See Other";
+    case 304:
+      return "Not Modified";
+    case 307:
+      return "Temporary Redirect";
+    case 308:
+      return "Permanent Redirect";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 409:
+      return "Conflict";
+    case 411:
+      return "Length Required";
+    case 413:
+      return "Content Too Large";
+    case 414:
+      return "URI Too Long";
+    case 415:
+      return "Unsupported Media Type";
+    case 417:
+      return "Expectation Failed";
+    case 422:
+      return "Unprocessable Content";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return "Unknown";
+  }
+}
+
+}  // namespace endless::http

@@ -1,0 +1,523 @@
+#include "endless/http/server.hpp"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "detail.hpp"
+#include "endless/core/address.hpp"
+#include "server_impl.hpp"
+
+namespace endless::http {
+
+// ------------------------------------------------------------------ options and setters
+
+server_options& defaults() {
+  static server_options the_defaults;
+  return the_defaults;
+}
+
+struct server::impl final : core::drainable {
+  server_state st;
+
+  void start(core::unique_fd listener);
+  void start_accepting();
+  void stop();
+  void begin_drain(std::function<void()> done) override;
+  void hammer() noexcept override;
+  ~impl();
+};
+
+server::server(handler h) : impl_(std::make_unique<impl>()) {
+  impl_->st.opts = defaults();
+  impl_->st.fn = std::move(h);
+}
+
+server::server(const router& r)
+    : server(handler([&r](const request& q, response& s) { r(q, s); })) {}
+
+server::~server() = default;
+
+server_options& server::options() noexcept {
+  return impl_->st.opts;
+}
+server& server::addr(std::string a) {
+  impl_->st.opts.addr = std::move(a);
+  return *this;
+}
+server& server::read_timeout(std::chrono::milliseconds d) {
+  impl_->st.opts.read_timeout = d;
+  return *this;
+}
+server& server::read_header_timeout(std::chrono::milliseconds d) {
+  impl_->st.opts.read_header_timeout = d;
+  return *this;
+}
+server& server::write_timeout(std::chrono::milliseconds d) {
+  impl_->st.opts.write_timeout = d;
+  return *this;
+}
+server& server::idle_timeout(std::chrono::milliseconds d) {
+  impl_->st.opts.idle_timeout = d;
+  return *this;
+}
+server& server::max_header_bytes(std::size_t n) {
+  impl_->st.opts.max_header_bytes = n;
+  return *this;
+}
+server& server::max_body_bytes(std::size_t n) {
+  impl_->st.opts.max_body_bytes = n;
+  return *this;
+}
+server& server::hammer_time(std::chrono::milliseconds d) {
+  impl_->st.opts.hammer_time = d;
+  return *this;
+}
+server& server::threads(int n) {
+  impl_->st.opts.threads = n;
+  return *this;
+}
+server& server::pid_file(std::string path) {
+  impl_->st.opts.pid_file = std::move(path);
+  return *this;
+}
+server& server::before_begin(std::function<void(std::string_view)> fn) {
+  impl_->st.before_begin = std::move(fn);
+  return *this;
+}
+server& server::shutdown_initiated(std::function<void()> fn) {
+  impl_->st.shutdown_initiated = std::move(fn);
+  return *this;
+}
+server& server::on(core::hook when, int signo, std::function<void()> fn) {
+  impl_->st.hooks.emplace_back(when, signo, std::move(fn));
+  return *this;
+}
+server& server::on_conn_state(std::function<void(std::uint64_t, conn_state)> fn) {
+  impl_->st.conn_cb = std::move(fn);
+  return *this;
+}
+
+int server::listen_and_serve() {
+  return serve({this});
+}
+int server::listen_and_serve(std::string_view addr) {
+  impl_->st.opts.addr = std::string(addr);
+  return serve({this});
+}
+
+int listen_and_serve(std::string_view addr, handler h) {
+  server s(std::move(h));
+  return s.listen_and_serve(addr);
+}
+
+int listen_and_serve(std::string_view addr, const router& r) {
+  server s(r);
+  return s.listen_and_serve(addr);
+}
+
+void server_state::log(std::string_view line) const {
+  if (up) {
+    up->log(line);
+  } else {
+    std::string out(line);
+    out += '\n';
+    (void)!::write(2, out.data(), out.size());
+  }
+}
+
+// ------------------------------------------------------------------ loops and threads
+
+void loop::post(std::function<void()> task) {
+  {
+    std::lock_guard lock(tasks_mu);
+    tasks.push_back(std::move(task));
+  }
+  std::uint64_t one = 1;
+  (void)!::write(wake.get(), &one, sizeof one);
+}
+
+namespace {
+
+constexpr std::uint64_t kInHandler = 1;
+
+int cpus_available() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+void register_listener(loop& l) {
+  epoll_event ev{};
+  // EPOLLEXCLUSIVE: one loop wakes per new connection, not all of them.
+  ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+  ev.data.ptr = &l.listener;
+  if (::epoll_ctl(l.epoll.get(), EPOLL_CTL_ADD, l.listener.get(), &ev) == 0) l.accepting = true;
+}
+
+void accept_batch(loop& l) {
+  for (int i = 0; i < 64 && l.accepting; ++i) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    int fd = ::accept4(l.listener.get(), reinterpret_cast<sockaddr*>(&ss), &len,
+                       SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      std::string remote = ss.ss_family == AF_UNIX
+                               ? std::string()
+                               : core::to_string(reinterpret_cast<sockaddr*>(&ss), len);
+      on_accepted(l, fd, std::move(remote));
+      continue;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+    if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      // Out of fds: stop accepting for a moment instead of spinning on a readable listener.
+      // The queue keeps the connections; we take them once fds are free again.
+      l.srv->log(std::string("accept: ") + std::strerror(errno) + "; pausing accepts for 100 ms");
+      ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, l.listener.get(), nullptr);
+      l.accepting = false;
+      l.accept_paused_until = l.now_ms + 100;
+      return;
+    }
+    l.srv->log(std::string("accept: ") + std::strerror(errno));
+    return;
+  }
+}
+
+// Another thread owns the loop now: its events (and tasks) go to the new owner.
+bool still_owner(const loop& l, std::uint64_t generation) {
+  return (l.ownership.load(std::memory_order_acquire) >> 32) == generation;
+}
+
+// Runs the posted tasks; if one of them loses the loop (a handler blocked), the rest are
+// posted again for the new owner. Returns false then.
+bool run_tasks(loop& l, std::uint64_t generation) {
+  std::uint64_t count;
+  (void)!::read(l.wake.get(), &count, sizeof count);
+  std::vector<std::function<void()>> batch;
+  {
+    std::lock_guard lock(l.tasks_mu);
+    batch.swap(l.tasks);
+  }
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    batch[i]();
+    if (!still_owner(l, generation)) {
+      for (std::size_t j = i + 1; j < batch.size(); ++j)
+        l.post(std::move(batch[j]));
+      return false;
+    }
+  }
+  return true;
+}
+
+void spawn_loop_thread(loop& l, std::uint64_t generation) {
+  server_state& st = *l.srv;
+  st.live_threads.fetch_add(1);
+  std::thread([&l, generation] { run_loop(l, generation); }).detach();
+}
+
+void monitor(server_state& st) {
+  std::vector<std::uint64_t> seen(st.loops.size(), 0);
+  bool warned = false;
+  std::unique_lock lock(st.monitor_mu);
+  while (!st.stopping.load()) {
+    st.monitor_cv.wait_for(lock, std::chrono::milliseconds(10));
+    for (std::size_t i = 0; i < st.loops.size(); ++i) {
+      loop& l = *st.loops[i];
+      std::uint64_t v = l.ownership.load(std::memory_order_acquire);
+      if ((v & kInHandler) && v == seen[i]) {
+        // The same handler call across a whole tick: hand the loop to a new thread.
+        if (st.live_threads.load() >= st.opts.max_threads) {
+          if (!warned)
+            st.log("all " + std::to_string(st.opts.max_threads) +
+                   " loop threads are blocked in handlers; raise max_threads");
+          warned = true;
+          continue;
+        }
+        std::uint64_t next = ((v >> 32) + 1) << 32;
+        if (l.ownership.compare_exchange_strong(v, next)) {
+          spawn_loop_thread(l, next >> 32);
+          v = next;
+        }
+      }
+      seen[i] = v;
+    }
+  }
+}
+
+}  // namespace
+
+bool run_handler(loop& l, const request& req, response& res) {
+  std::uint64_t cur = l.ownership.load(std::memory_order_relaxed);
+  std::uint64_t seq = ((cur >> 1) + 1) & 0x7fffffffu;
+  std::uint64_t busy = (cur & ~0xffffffffull) | (seq << 1) | kInHandler;
+  l.ownership.store(busy, std::memory_order_release);
+  try {
+    l.srv->fn(req, res);
+  } catch (const std::exception& e) {
+    l.srv->log("handler for " + std::string(req.method()) + " " + std::string(req.target()) +
+               " threw: " + e.what());
+    detail::access::set_failed(res);
+  } catch (...) {
+    l.srv->log("handler for " + std::string(req.method()) + " " + std::string(req.target()) +
+               " threw");
+    detail::access::set_failed(res);
+  }
+  std::uint64_t expected = busy;
+  return l.ownership.compare_exchange_strong(expected, busy & ~kInHandler,
+                                             std::memory_order_acq_rel);
+}
+
+void run_loop(loop& l, std::uint64_t generation) {
+  server_state& st = *l.srv;
+  epoll_event events[256];
+  while (!st.stopping.load(std::memory_order_relaxed) && still_owner(l, generation)) {
+    std::int64_t deadline = next_deadline(l);
+    if (!l.accepting && l.accept_paused_until && !l.draining) {
+      deadline = deadline < 0 ? l.accept_paused_until : std::min(deadline, l.accept_paused_until);
+    }
+    int timeout =
+        deadline < 0
+            ? 1000
+            : static_cast<int>(std::clamp<std::int64_t>(deadline - coarse_now_ms() + 1, 0, 1000));
+    int n = ::epoll_wait(l.epoll.get(), events, 256, timeout);
+    l.now_ms = coarse_now_ms();
+    bool lost = false;
+    for (int i = 0; i < n; ++i) {
+      void* p = events[i].data.ptr;
+      if (lost) {
+        // Another thread owns the loop now: hand it the events we took.
+        if (p == &l.wake) {
+          std::uint64_t one = 1;
+          (void)!::write(l.wake.get(), &one, sizeof one);
+        } else if (p != &l.listener) {
+          auto* c = static_cast<connection*>(p);
+          std::uint32_t ev = events[i].events;
+          l.post([&l, c, ev] {
+            {
+              std::lock_guard lock(l.conns_mu);
+              if (!l.conns.count(c)) return;
+            }
+            on_io(l, *c, ev);
+          });
+        }
+        continue;
+      }
+      if (p == &l.wake) {
+        run_tasks(l, generation);
+      } else if (p == &l.listener) {
+        accept_batch(l);
+      } else {
+        on_io(l, *static_cast<connection*>(p), events[i].events);
+      }
+      lost = !still_owner(l, generation);
+    }
+    if (lost) break;
+    expire_timers(l);
+    if (!l.accepting && l.accept_paused_until && !l.draining && l.now_ms >= l.accept_paused_until) {
+      l.accept_paused_until = 0;
+      if (l.listener) register_listener(l);
+    }
+  }
+  {
+    std::lock_guard lock(st.threads_mu);
+    st.live_threads.fetch_sub(1);
+  }
+  st.threads_cv.notify_all();
+}
+
+// ------------------------------------------------------------------ lifecycle
+
+void server::impl::start(core::unique_fd listener) {
+  int n = st.opts.threads > 0 ? st.opts.threads : cpus_available();
+  std::int64_t idle =
+      (st.opts.idle_timeout.count() ? st.opts.idle_timeout : st.opts.read_timeout).count();
+  for (int i = 0; i < n; ++i) {
+    auto l = std::make_unique<loop>();
+    l->srv = &st;
+    l->index = i;
+    l->epoll.reset(::epoll_create1(EPOLL_CLOEXEC));
+    l->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!l->epoll || !l->wake) throw std::system_error(errno, std::system_category(), "epoll");
+    l->listener.reset(::fcntl(listener.get(), F_DUPFD_CLOEXEC, 0));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.ptr = &l->wake;
+    ::epoll_ctl(l->epoll.get(), EPOLL_CTL_ADD, l->wake.get(), &ev);
+    auto set = [&](timer_kind k, std::chrono::milliseconds d) {
+      l->timers[static_cast<int>(k)].duration_ms = d.count();
+    };
+    set(timer_kind::header, st.opts.read_header_timeout);
+    set(timer_kind::body, st.opts.read_timeout);
+    set(timer_kind::write, st.opts.write_timeout);
+    l->timers[static_cast<int>(timer_kind::idle)].duration_ms = idle;
+    l->timers[static_cast<int>(timer_kind::linger)].duration_ms = 2000;
+    l->now_ms = coarse_now_ms();
+    st.loops.push_back(std::move(l));
+  }
+  // O_NONBLOCK is shared with the other process's copy of the socket; every server here
+  // accepts non-blocking.
+  ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
+  for (auto& l : st.loops)
+    spawn_loop_thread(*l, 0);
+  st.monitor = std::thread([this] { monitor(st); });
+}
+
+void server::impl::start_accepting() {
+  for (auto& l : st.loops) {
+    loop* lp = l.get();
+    lp->post([lp] {
+      if (!lp->draining && lp->listener) register_listener(*lp);
+    });
+  }
+}
+
+void server::impl::begin_drain(std::function<void()> done) {
+  if (st.shutdown_initiated) st.shutdown_initiated();
+  {
+    std::lock_guard lock(st.drain_mu);
+    st.drain_done = std::move(done);
+    st.loops_drained = 0;
+  }
+  for (auto& l : st.loops) {
+    loop* lp = l.get();
+    lp->post([lp] { begin_loop_drain(*lp); });
+  }
+}
+
+void check_drained(loop& l) {
+  if (!l.draining || l.conn_count != 0 || l.reported_drained) return;
+  l.reported_drained = true;
+  server_state& st = *l.srv;
+  std::function<void()> done;
+  {
+    std::lock_guard lock(st.drain_mu);
+    if (++st.loops_drained == static_cast<int>(st.loops.size())) done = std::move(st.drain_done);
+  }
+  if (done) done();
+}
+
+void server::impl::hammer() noexcept {
+  for (auto& l : st.loops) {
+    std::lock_guard lock(l->conns_mu);
+    for (connection* c : l->conns)
+      ::shutdown(c->fd, SHUT_RDWR);
+  }
+}
+
+void server::impl::stop() {
+  st.stopping.store(true);
+  { std::lock_guard lock(st.monitor_mu); }
+  st.monitor_cv.notify_all();
+  if (st.monitor.joinable()) st.monitor.join();
+  for (auto& l : st.loops) {
+    std::uint64_t one = 1;
+    (void)!::write(l->wake.get(), &one, sizeof one);
+  }
+  // Handlers still blocked after the hammer may never return; do not wait for them forever.
+  std::unique_lock lock(st.threads_mu);
+  st.threads_cv.wait_for(lock, std::chrono::seconds(2),
+                         [&] { return st.live_threads.load() == 0; });
+}
+
+server::impl::~impl() {
+  stop();
+  if (st.live_threads.load() != 0) {
+    // A handler thread is still running and may touch its loop: leak the loops rather than
+    // free memory under it (the process is exiting anyway).
+    for (auto& l : st.loops)
+      (void)l.release();
+    return;
+  }
+  for (auto& l : st.loops) {
+    std::lock_guard lock(l->conns_mu);
+    for (connection* c : l->conns) {
+      ::close(c->fd);
+      delete c;
+    }
+    l->conns.clear();
+  }
+}
+
+// ------------------------------------------------------------------ serve
+
+namespace {
+
+void split_addr(const std::string& addr, std::string& network, std::string& address) {
+  if (addr.rfind("unix:", 0) == 0) {
+    network = "unix";
+    address = addr.substr(5);
+  } else {
+    network = "tcp";
+    address = addr;
+  }
+}
+
+}  // namespace
+
+int serve(std::initializer_list<server*> servers) {
+  if (servers.size() == 0) return 1;
+  const server_options& first = (*servers.begin())->impl_->st.opts;
+  core::options o;
+  o.hammer_time = first.hammer_time;
+  o.upgrade_timeout = first.upgrade_timeout;
+  o.pid_file = first.pid_file;
+  o.log = first.log;
+  std::vector<server::impl*> started;
+  try {
+    core::upgrader up(o);
+    // Declared after `up`, so the servers stop (and their threads stop logging through it)
+    // before the upgrader goes away, on every path out of this block.
+    struct stopper {
+      std::vector<server::impl*>& servers;
+      ~stopper() {
+        for (auto* s : servers)
+          s->stop();
+        for (auto* s : servers)
+          s->st.up = nullptr;
+      }
+    } guard{started};
+    for (server* s : servers) {
+      server_state& st = s->impl_->st;
+      st.up = &up;
+      split_addr(st.opts.addr, st.network, st.address);
+      for (auto& [when, signo, fn] : st.hooks)
+        up.on(when, signo, fn);
+    }
+    for (server* s : servers) {
+      server_state& st = s->impl_->st;
+      core::unique_fd fd = up.listen(st.network, st.address);
+      std::string bound =
+          st.network == "unix" ? "unix:" + st.address : core::local_address(fd.get());
+      s->impl_->start(std::move(fd));
+      started.push_back(s->impl_.get());
+      if (st.before_begin) {
+        st.before_begin(bound);
+      } else {
+        up.log(std::to_string(::getpid()) + " " + bound);
+      }
+      up.attach(*s->impl_);
+    }
+    up.ready();
+    // Accept only once ready: a new process that is rolled back never holds connections.
+    for (auto* s : started)
+      s->start_accepting();
+    up.wait();
+    for (auto* s : started)
+      up.detach(*s);
+  } catch (const std::exception& e) {
+    std::string line = std::string("endless: ") + e.what() + "\n";
+    (void)!::write(2, line.data(), line.size());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace endless::http
