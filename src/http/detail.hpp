@@ -49,6 +49,7 @@ struct access {
     r.chunked_ = chunked;
   }
   static void set_failed(response& r) { r.ok_ = false; }
+  static void set_close(response& r) { r.close_ = true; }
   static void set_http10(response& r, bool v) { r.http10_ = v; }
   static bool http10(const response& r) { return r.http10_; }
   static body_sink* sink(response& r) { return r.sink_; }

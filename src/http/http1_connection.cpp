@@ -242,7 +242,7 @@ bool dispatch(loop& l, connection& c, const h1::request_head& head, std::string_
   split_target(head.target, path, query);
   detail::access::set(s.req, head.method, head.target, path, query, head.headers.data(),
                       head.headers.size(), head.version_minor, body, c.remote);
-  bool keep = head.keep_alive && !l.draining;
+  bool keep = head.keep_alive && !l.srv->draining.load(std::memory_order_relaxed);
   bool head_only = head.method == "HEAD";
   conn_sink sink(l, c, out);
   detail::access::reset(s.res, head_only, !keep, http_date(s), &sink);
@@ -251,6 +251,8 @@ bool dispatch(loop& l, connection& c, const h1::request_head& head, std::string_
   timer_unlink(l, c);
   bool owner = run_handler(l, s.req, s.res);
   response& res = s.res;
+  // The drain may have begun while the handler ran: this response ends keep-alive too.
+  if (l.srv->draining.load(std::memory_order_relaxed)) detail::access::set_close(res);
   if (!detail::access::ok(res) && !res.streaming()) {
     // A handler that threw: 500, and the connection goes on.
     detail::access::reset(res, head_only, !keep, http_date(s), &sink);

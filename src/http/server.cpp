@@ -196,25 +196,26 @@ bool still_owner(const loop& l, std::uint64_t generation) {
   return (l.ownership.load(std::memory_order_acquire) >> 32) == generation;
 }
 
-// Runs the posted tasks; if one of them loses the loop (a handler blocked), the rest are
-// posted again for the new owner. Returns false then.
+// Runs the posted tasks one at a time, so that if one of them loses the loop (a handler
+// blocked) the rest stay queued for the new owner. Returns false then.
 bool run_tasks(loop& l, std::uint64_t generation) {
   std::uint64_t count;
   (void)!::read(l.wake.get(), &count, sizeof count);
-  std::vector<std::function<void()>> batch;
-  {
-    std::lock_guard lock(l.tasks_mu);
-    batch.swap(l.tasks);
-  }
-  for (std::size_t i = 0; i < batch.size(); ++i) {
-    batch[i]();
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::lock_guard lock(l.tasks_mu);
+      if (l.tasks.empty()) return true;
+      task = std::move(l.tasks.front());
+      l.tasks.pop_front();
+    }
+    task();
     if (!still_owner(l, generation)) {
-      for (std::size_t j = i + 1; j < batch.size(); ++j)
-        l.post(std::move(batch[j]));
+      std::uint64_t one = 1;
+      (void)!::write(l.wake.get(), &one, sizeof one);  // the new owner looks at the rest
       return false;
     }
   }
-  return true;
 }
 
 void spawn_loop_thread(loop& l, std::uint64_t generation) {
@@ -275,10 +276,37 @@ bool run_handler(loop& l, const request& req, response& res) {
                                              std::memory_order_acq_rel);
 }
 
+namespace {
+
+// Handles the events of the current batch not yet claimed; false when this thread lost the
+// loop in one of them.
+bool handle_batch(loop& l, std::uint64_t generation) {
+  for (;;) {
+    int i = l.next_event.fetch_add(1, std::memory_order_relaxed);
+    if (i >= l.event_count) return true;
+    void* p = l.events[i].data.ptr;
+    if (p == &l.wake) {
+      if (!run_tasks(l, generation)) return false;
+    } else if (p == &l.listener) {
+      accept_batch(l);
+    } else {
+      on_io(l, *static_cast<connection*>(p), l.events[i].events);
+    }
+    if (!still_owner(l, generation)) return false;
+  }
+}
+
+}  // namespace
+
 void run_loop(loop& l, std::uint64_t generation) {
   server_state& st = *l.srv;
-  epoll_event events[256];
-  while (!st.stopping.load(std::memory_order_relaxed) && still_owner(l, generation)) {
+  // A new owner first finishes the batch its predecessor was in the middle of.
+  while (!st.stopping.load(std::memory_order_relaxed) && handle_batch(l, generation)) {
+    expire_timers(l);
+    if (!l.accepting && l.accept_paused_until && !l.draining && l.now_ms >= l.accept_paused_until) {
+      l.accept_paused_until = 0;
+      if (l.listener) register_listener(l);
+    }
     std::int64_t deadline = next_deadline(l);
     if (!l.accepting && l.accept_paused_until && !l.draining) {
       deadline = deadline < 0 ? l.accept_paused_until : std::min(deadline, l.accept_paused_until);
@@ -287,44 +315,10 @@ void run_loop(loop& l, std::uint64_t generation) {
         deadline < 0
             ? 1000
             : static_cast<int>(std::clamp<std::int64_t>(deadline - coarse_now_ms() + 1, 0, 1000));
-    int n = ::epoll_wait(l.epoll.get(), events, 256, timeout);
+    int n = ::epoll_wait(l.epoll.get(), l.events, 256, timeout);
     l.now_ms = coarse_now_ms();
-    bool lost = false;
-    for (int i = 0; i < n; ++i) {
-      void* p = events[i].data.ptr;
-      if (lost) {
-        // Another thread owns the loop now: hand it the events we took.
-        if (p == &l.wake) {
-          std::uint64_t one = 1;
-          (void)!::write(l.wake.get(), &one, sizeof one);
-        } else if (p != &l.listener) {
-          auto* c = static_cast<connection*>(p);
-          std::uint32_t ev = events[i].events;
-          l.post([&l, c, ev] {
-            {
-              std::lock_guard lock(l.conns_mu);
-              if (!l.conns.count(c)) return;
-            }
-            on_io(l, *c, ev);
-          });
-        }
-        continue;
-      }
-      if (p == &l.wake) {
-        run_tasks(l, generation);
-      } else if (p == &l.listener) {
-        accept_batch(l);
-      } else {
-        on_io(l, *static_cast<connection*>(p), events[i].events);
-      }
-      lost = !still_owner(l, generation);
-    }
-    if (lost) break;
-    expire_timers(l);
-    if (!l.accepting && l.accept_paused_until && !l.draining && l.now_ms >= l.accept_paused_until) {
-      l.accept_paused_until = 0;
-      if (l.listener) register_listener(l);
-    }
+    l.event_count = n > 0 ? n : 0;
+    l.next_event.store(0, std::memory_order_relaxed);
   }
   {
     std::lock_guard lock(st.threads_mu);
@@ -380,6 +374,7 @@ void server::impl::start_accepting() {
 }
 
 void server::impl::begin_drain(std::function<void()> done) {
+  st.draining.store(true);
   if (st.shutdown_initiated) st.shutdown_initiated();
   {
     std::lock_guard lock(st.drain_mu);

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -89,9 +90,15 @@ struct loop {
   std::int64_t drain_started_ms = 0;
   bool reported_drained = false;
 
+  // The batch of events taken from epoll. Threads claim them one by one (next_event), so
+  // when the owner blocks in a handler the new owner carries on with the rest of the batch.
+  epoll_event events[256];
+  int event_count = 0;
+  std::atomic<int> next_event{0};
+
   // Posted tasks, run by the owner.
   std::mutex tasks_mu;
-  std::vector<std::function<void()>> tasks;
+  std::deque<std::function<void()>> tasks;
   void post(std::function<void()> task);
 
   // Every live connection, for hammer() and stop() from other threads.
@@ -117,6 +124,7 @@ struct server_state {
   std::vector<std::unique_ptr<loop>> loops;
   std::atomic<std::uint64_t> next_conn_id{1};
   std::atomic<bool> stopping{false};
+  std::atomic<bool> draining{false};  // set when the drain begins; read after each handler
   std::atomic<int> live_threads{0};
   std::mutex threads_mu;
   std::condition_variable threads_cv;

@@ -319,13 +319,63 @@ int count_lines(const std::string& log, const std::string& text) {
   return static_cast<int>(lines_with(log, text).size());
 }
 
-int logged_port(const std::string& log, pid_t pid) {
-  std::string key = " " + std::to_string(pid) + " tcp:";
+std::vector<int> logged_ports(const std::string& log, pid_t pid) {
+  std::vector<int> ports;
+  std::string key = " " + std::to_string(pid) + " ";
   for (const auto& line : lines_with(log, key)) {
-    size_t at = line.rfind(':');
-    if (at != std::string::npos) return std::atoi(line.c_str() + at + 1);
+    std::string rest = line.substr(line.find(key) + key.size());
+    if (rest.rfind("tcp:", 0) == 0) rest = rest.substr(4);
+    size_t colon = rest.rfind(':');
+    if (colon == std::string::npos || colon + 1 >= rest.size() ||
+        rest.find(' ') != std::string::npos) {
+      continue;
+    }
+    if (rest.find_first_not_of("0123456789", colon + 1) != std::string::npos) continue;
+    ports.push_back(std::atoi(rest.c_str() + colon + 1));
   }
-  return 0;
+  return ports;
+}
+
+int logged_port(const std::string& log, pid_t pid) {
+  auto ports = logged_ports(log, pid);
+  return ports.empty() ? 0 : ports.front();
+}
+
+raw_result raw_exchange(int port, std::string_view bytes, int timeout_ms) {
+  raw_result r;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in in = loopback(port);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof in) != 0) {
+    ::close(fd);
+    return r;
+  }
+  (void)::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, left_ms(deadline)) <= 0) break;
+    char buf[65536];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) {
+      r.closed = true;
+      break;
+    }
+    r.data.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return r;
+}
+
+std::string run_command(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0)
+    out.append(buf, n);
+  ::pclose(p);
+  return out;
 }
 
 }  // namespace endless::test

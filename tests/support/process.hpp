@@ -91,8 +91,20 @@ class processes {
 
 // The pid in a pid file, or -1.
 pid_t read_pid(const std::string& pidfile);
-// The TCP port a core_helper/hello_core logged for `pid` ("<pid> tcp:127.0.0.1:PORT").
+// The TCP port a server logged for `pid` ("<pid> tcp:127.0.0.1:PORT" or "<pid> 127.0.0.1:PORT");
+// logged_ports: all of them, in order.
 int logged_port(const std::string& log, pid_t pid);
+std::vector<int> logged_ports(const std::string& log, pid_t pid);
+
+// Connects, sends `bytes`, and reads until the server closes or `timeout_ms` passes.
+struct raw_result {
+  std::string data;
+  bool closed = false;  // the server closed (EOF or reset) within the time
+};
+raw_result raw_exchange(int port, std::string_view bytes, int timeout_ms = 5000);
+
+// Runs a shell command; returns its stdout (stderr goes to the test's stderr).
+std::string run_command(const std::string& cmd);
 // How many lines of `log` contain `text`.
 int count_lines(const std::string& log, const std::string& text);
 std::vector<std::string> lines_with(const std::string& log, const std::string& text);

@@ -1,0 +1,283 @@
+// The HTTP server with real processes and real clients (curl, raw sockets): the hello
+// contract, errors without desync, pipelining, bodies, streaming, timeouts, blocking
+// handlers, and upgrades that lose nothing.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "fixture.hpp"
+
+namespace endless::test {
+namespace {
+
+class http_server_test : public core_fixture {
+ protected:
+  pid_t start_http(std::vector<std::string> args) { return start(args, {}, HTTP_HELPER_PATH); }
+  int count(const std::string& hay, const std::string& needle) {
+    int n = 0;
+    for (size_t at = hay.find(needle); at != std::string::npos; at = hay.find(needle, at + 1))
+      ++n;
+    return n;
+  }
+  std::string curl(const std::string& args) {
+    return run_command("curl -sS --max-time 10 " + args + " 2>&1");
+  }
+};
+
+TEST_F(http_server_test, hello_follows_the_example_contract) {
+  pid_t pid = start({"--addr", "127.0.0.1:0"}, {}, HELLO_PATH);
+  std::string url = "http://127.0.0.1:" + std::to_string(port);
+  std::string out = curl("-i " + url + "/");
+  EXPECT_NE(out.find("HTTP/1.1 200 OK"), std::string::npos) << out;
+  EXPECT_NE(out.find("X-Pid: " + std::to_string(pid)), std::string::npos) << out;
+  EXPECT_NE(out.find("\r\n\r\nHello Zero-Downtime!\n"), std::string::npos) << out;
+  EXPECT_EQ(curl(url + "/pid"), std::to_string(pid));
+  EXPECT_EQ(curl("'" + url + "/ping?seq=42&ms=20'"), "pong-42");
+  EXPECT_EQ(curl("'" + url + "/ping?seq=5'"), "pong-5");
+  std::string missing = curl("-i " + url + "/nope");
+  EXPECT_NE(missing.find("404 Not Found"), std::string::npos);
+  EXPECT_NE(missing.find("X-Pid: " + std::to_string(pid)), std::string::npos) << "every response";
+  std::string head = curl("-I " + url + "/");
+  EXPECT_NE(head.find("Content-Length: 21"), std::string::npos) << head;
+  std::string wrong = curl("-i -X POST " + url + "/");
+  EXPECT_NE(wrong.find("405 Method Not Allowed"), std::string::npos);
+  EXPECT_NE(wrong.find("Allow: GET, HEAD"), std::string::npos) << wrong;
+}
+
+struct bad_request {
+  const char* name;
+  std::string bytes;
+  int status;
+};
+
+TEST_F(http_server_test, bad_requests_are_answered_and_never_desync) {
+  start_http({"--max-body", "100"});
+  const std::string smuggled = "GET /pid HTTP/1.1\r\nHost: x\r\n\r\n";
+  std::vector<bad_request> cases = {
+      {"te_and_cl",
+       "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"
+       "0\r\n\r\n",
+       400},
+      {"cl_conflict",
+       "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\n", 400},
+      {"bare_lf", "GET / HTTP/1.1\nHost: x\n\n", 400},
+      {"obs_fold", "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n  b\r\n\r\n", 400},
+      {"bad_chunk", "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+       400},
+      {"unknown_coding",
+       "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501},
+      {"version", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505},
+      {"too_long_target", "GET /" + std::string(10000, 'a') + " HTTP/1.1\r\nHost: x\r\n\r\n", 414},
+      {"body_too_large", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", 413},
+      {"no_host", "GET / HTTP/1.1\r\n\r\n", 400},
+  };
+  std::string many = "GET / HTTP/1.1\r\nHost: x\r\n";
+  for (int i = 0; i < 120; ++i)
+    many += "X-" + std::to_string(i) + ": v\r\n";
+  cases.push_back({"too_many_headers", many + "\r\n", 431});
+  for (const auto& c : cases) {
+    auto r = raw_exchange(port, c.bytes + smuggled);
+    EXPECT_EQ(r.data.rfind("HTTP/1.1 " + std::to_string(c.status) + " ", 0), 0u) << c.name << ":\n"
+                                                                                 << r.data;
+    EXPECT_NE(r.data.find("Connection: close"), std::string::npos) << c.name;
+    EXPECT_TRUE(r.closed) << c.name << ": connection left open";
+    EXPECT_EQ(count(r.data, "HTTP/1.1 "), 1) << c.name << ": a request after it was served";
+  }
+  EXPECT_TRUE(http_get(port, "/").ok) << "the server survived";
+}
+
+TEST_F(http_server_test, pipelined_requests_are_answered_in_order) {
+  pid_t pid = start_http({});
+  std::string batch;
+  for (int i = 0; i < 16; ++i) {
+    batch += i % 2 ? "GET /pid HTTP/1.1\r\nHost: x\r\n\r\n" : "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  }
+  batch += "GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  auto r = raw_exchange(port, batch);
+  EXPECT_TRUE(r.closed);
+  EXPECT_EQ(count(r.data, "HTTP/1.1 200 OK"), 17);
+  // Bodies alternate hello / pid, in request order.
+  size_t at = 0;
+  for (int i = 0; i < 17; ++i) {
+    size_t body = r.data.find("\r\n\r\n", at) + 4;
+    std::string want = i % 2 || i == 16 ? std::to_string(pid) : "Hello Zero-Downtime!\n";
+    EXPECT_EQ(r.data.compare(body, want.size(), want), 0) << "response " << i;
+    at = body;
+  }
+}
+
+TEST_F(http_server_test, request_bodies_chunked_and_with_100_continue) {
+  start_http({});
+  std::string url = "http://127.0.0.1:" + std::to_string(port) + "/echo";
+  std::string file = dir / "body";
+  std::string payload(300000, 'x');
+  for (size_t i = 0; i < payload.size(); i += 997)
+    payload[i] = static_cast<char>('a' + i % 26);
+  write_file(file, payload);
+  EXPECT_EQ(curl("--data-binary @" + file + " -H 'Transfer-Encoding: chunked' " + url), payload);
+  std::string verbose =
+      run_command("curl -sS -v --max-time 10 --data-binary @" + file +
+                  " -H 'Expect: 100-continue' " + url + " -o " + dir / "out" + " 2>&1");
+  EXPECT_NE(verbose.find("HTTP/1.1 100 Continue"), std::string::npos) << verbose;
+  EXPECT_EQ(read_file(dir / "out"), payload);
+  auto r = raw_exchange(port,
+                        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        "4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\n"
+                        "GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_NE(r.data.find("X-Body-Length: 9"), std::string::npos) << r.data;
+  EXPECT_NE(r.data.find("Wikipedia"), std::string::npos);
+  EXPECT_EQ(count(r.data, "HTTP/1.1 200"), 2) << "the request after a chunked body was lost";
+}
+
+TEST_F(http_server_test, streamed_response_is_chunked) {
+  start_http({});
+  auto r = raw_exchange(port, "GET /stream?n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_NE(r.data.find("Transfer-Encoding: chunked"), std::string::npos) << r.data;
+  EXPECT_NE(r.data.find("7\r\npart-0\n\r\n7\r\npart-1\n\r\n7\r\npart-2\n\r\n0\r\n\r\n"),
+            std::string::npos)
+      << r.data;
+  EXPECT_EQ(curl("'http://127.0.0.1:" + std::to_string(port) + "/stream?n=4'"),
+            "part-0\npart-1\npart-2\npart-3\n");
+  auto old = raw_exchange(port, "GET /stream?n=2 HTTP/1.0\r\n\r\n");
+  EXPECT_EQ(old.data.find("Transfer-Encoding"), std::string::npos) << "no chunked for HTTP/1.0";
+  EXPECT_NE(old.data.find("part-0\npart-1\n"), std::string::npos);
+  EXPECT_TRUE(old.closed);
+}
+
+TEST_F(http_server_test, handler_exception_is_a_500_and_a_log_line) {
+  start_http({});
+  auto r = raw_exchange(port,
+                        "GET /throw HTTP/1.1\r\nHost: x\r\n\r\nGET /pid HTTP/1.1\r\nHost: x\r\n"
+                        "Connection: close\r\n\r\n");
+  EXPECT_EQ(r.data.rfind("HTTP/1.1 500 Internal Server Error", 0), 0u) << r.data;
+  EXPECT_EQ(count(r.data, "HTTP/1.1 200 OK"), 1) << "the connection goes on after a 500";
+  EXPECT_EQ(count_lines(log, "threw: handler failed on purpose"), 1) << read_file(log);
+}
+
+TEST_F(http_server_test, http10_and_head) {
+  start_http({});
+  auto plain = raw_exchange(port, "GET / HTTP/1.0\r\n\r\n");
+  EXPECT_TRUE(plain.closed);
+  EXPECT_NE(plain.data.find("Connection: close"), std::string::npos);
+  auto ka = raw_exchange(port, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 500);
+  EXPECT_NE(ka.data.find("Connection: keep-alive"), std::string::npos) << ka.data;
+  EXPECT_FALSE(ka.closed);
+  auto head = raw_exchange(port, "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_NE(head.data.find("Content-Length: 21"), std::string::npos);
+  EXPECT_EQ(head.data.find("Hello"), std::string::npos) << "HEAD got a body";
+  EXPECT_NE(head.data.find("Date: "), std::string::npos);
+}
+
+TEST_F(http_server_test, slowloris_is_closed_by_read_header_timeout) {
+  start_http({"--read-header-timeout-ms", "300"});
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  in.sin_port = htons(static_cast<uint16_t>(port));
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  std::string head = "GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + std::string(100, 'a');
+  bool closed = false;
+  int sent = 0;
+  // One byte every 100 ms: well within any per-read timeout, never a complete head.
+  for (; sent < static_cast<int>(head.size()) && !closed; ++sent) {
+    if (::send(fd, &head[sent], 1, MSG_NOSIGNAL) != 1) closed = true;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) == 1) {
+      char c;
+      closed = ::recv(fd, &c, 1, 0) <= 0;
+    }
+  }
+  ::close(fd);
+  EXPECT_TRUE(closed) << "a slowloris client kept its connection for " << sent << " bytes";
+  EXPECT_LT(sent, 60) << "closed, but long after read_header_timeout";
+}
+
+TEST_F(http_server_test, idle_keep_alive_connection_is_closed_by_idle_timeout) {
+  start_http({"--idle-timeout-ms", "300"});
+  auto r = raw_exchange(port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 5000);
+  EXPECT_EQ(count(r.data, "HTTP/1.1 200 OK"), 1);
+  EXPECT_TRUE(r.closed) << "idle connection still open after 5 s";
+}
+
+TEST_F(http_server_test, a_blocking_handler_does_not_delay_other_connections) {
+  start_http({"--threads", "1"});
+  // in_flight's constructor gets a second request answered while the first one sleeps.
+  in_flight slow(port, "/sleep?ms=3000");
+  for (int i = 0; i < 20; ++i) {
+    auto r = http_get(port, "/", 2000);
+    ASSERT_TRUE(r.ok) << "request " << i << " waited behind a blocked handler: " << r.error;
+  }
+  auto r = slow.finish();
+  EXPECT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.body, "slept");
+}
+
+TEST_F(http_server_test, upgrade_drains_keep_alive_connections_cleanly) {
+  pid_t old = start_http({"--drain-grace-ms", "300"});
+  // An idle keep-alive connection and a request in flight, both on the old process.
+  int idle = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  in.sin_port = htons(static_cast<uint16_t>(port));
+  ASSERT_EQ(::connect(idle, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  std::string req = "GET /pid HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(idle, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  auto first = read_response(idle, 5000);
+  ASSERT_TRUE(first.ok);
+  EXPECT_EQ(first.connection, "");
+  in_flight slow(port, "/sleep?ms=1000", /*keep_alive=*/true);
+
+  pid_t next = upgrade(old);
+  ASSERT_GT(next, 0);
+  auto r = slow.finish();
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.x_pid, old);
+  EXPECT_EQ(r.connection, "close") << "keep-alive must end with the drain";
+  // The idle connection is closed by the old process once it stayed idle through the grace.
+  pollfd p{idle, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1);
+  char c;
+  EXPECT_EQ(::recv(idle, &c, 1, 0), 0) << "closed with a FIN, not a reset";
+  ::close(idle);
+  EXPECT_TRUE(procs.wait_gone(old, 10s));
+  EXPECT_EQ(http_get(port, "/pid").x_pid, next);
+}
+
+TEST_F(http_server_test, fifty_slow_pings_across_a_sighup_all_complete) {
+  pid_t old = start({"--addr", "127.0.0.1:0"}, {}, HELLO_PATH);
+  std::vector<std::unique_ptr<in_flight>> pings;
+  for (int i = 0; i < 50; ++i) {
+    pings.push_back(
+        std::make_unique<in_flight>(port, "/ping?seq=" + std::to_string(i) + "&ms=3000"));
+  }
+  pid_t next = upgrade(old);
+  ASSERT_GT(next, 0);
+  for (int i = 0; i < 50; ++i) {
+    auto r = pings[i]->finish(20000);
+    ASSERT_TRUE(r.ok) << "ping " << i << ": " << r.error;
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, "pong-" + std::to_string(i));
+    EXPECT_EQ(r.x_pid, old);
+  }
+  EXPECT_TRUE(procs.wait_gone(old, 10s));
+}
+
+TEST_F(http_server_test, several_servers_from_one_binary_upgrade_together) {
+  pid_t old = start_http({"--addr", "127.0.0.1:0", "--addr", "127.0.0.1:0"});
+  auto ports = logged_ports(log, old);
+  ASSERT_EQ(ports.size(), 2u) << read_file(log);
+  pid_t next = upgrade(old);
+  ASSERT_TRUE(procs.wait_gone(old, 10s));
+  for (int p : ports)
+    EXPECT_EQ(http_get(p, "/pid").x_pid, next) << "port " << p;
+  EXPECT_EQ(logged_ports(log, next), ports);
+}
+
+}  // namespace
+}  // namespace endless::test
