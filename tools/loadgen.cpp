@@ -6,14 +6,15 @@
 // (reset or EOF before any response byte, on a fresh connection / on a reused keep-alive one:
 // the keep-alive close race), `reset_mid` (after some response bytes), `timeout`, `bad_status`
 // (complete response, not 2xx) and `malformed`. So `requests == ok + failed` always holds.
+// The timeout runs from the start of the request, connect included; a connect still pending
+// then counts as `connect`. Latency (ok responses only) runs from the first request byte
+// written to the last response byte read.
 //
 // Model: T worker threads, each owning a share of the connections, one level-triggered epoll
 // loop, a timer heap for pauses and its own statistics. Nothing is shared on the hot path
 // except, with --requests, one atomic counter of claimed requests; statistics are merged
-// after join. The signal handler only sets a flag. Everything runs on the C++ standard
-// library and Linux system calls, so the tool builds wherever the library does.
-//
-// Usage: see kUsage below. Exit status: 0 no failure, 1 some failure, 2 could not run.
+// after join. The signal handler only sets a flag. Only the C++ standard library and Linux
+// system calls are used, so the tool builds wherever the library does.
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -49,6 +50,11 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 using time_point = clock_type::time_point;
 using std::chrono::milliseconds;
+using ull = unsigned long long;  // for printf
+
+std::int64_t nanos(clock_type::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
 
 constexpr const char* kUsage =
     "usage: loadgen --url http://HOST[:PORT]/PATH [--connections N] [--duration S | --requests N]\n"
@@ -82,10 +88,7 @@ std::string errno_text(int err) {
 // Options
 
 struct config {
-  std::string url;
   std::string authority;  // host[:port] as written in the URL, for the Host header
-  std::string host;
-  std::string port = "80";
   std::string path = "/";
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
@@ -112,51 +115,52 @@ bool parse_number(std::string_view s, T lo, T hi, T& out) {
 }
 
 // Only what a local benchmark needs: http://host[:port][/path], host a name, IPv4 or [IPv6].
-std::string parse_url(config& cfg) {
-  std::string_view u = cfg.url;
-  if (!u.starts_with("http://")) return "bad URL '" + cfg.url + "': only http:// is supported";
+// Resolved here, once, before the clock starts: DNS is not what we measure.
+std::string set_target(config& cfg, const std::string& url) {
+  const std::string bad = "bad URL '" + url + "': ";
+  std::string_view u = url;
+  if (!u.starts_with("http://")) return bad + "only http:// is supported";
   u.remove_prefix(7);
-  if (auto hash = u.find('#'); hash != std::string_view::npos) u = u.substr(0, hash);
+  u = u.substr(0, u.find('#'));
   std::size_t slash = u.find_first_of("/?");
   std::string_view auth = u.substr(0, slash);
-  if (slash != std::string_view::npos) {
-    cfg.path = std::string(u.substr(slash));
-    if (cfg.path[0] == '?') cfg.path.insert(0, "/");
-  }
-  if (auth.empty() || auth.find('@') != std::string_view::npos)
-    return "bad URL '" + cfg.url + "': expected http://host[:port]/path";
+  if (slash != std::string_view::npos) cfg.path = std::string(u.substr(slash));
+  if (cfg.path[0] == '?') cfg.path.insert(0, "/");
+  if (auth.empty() || auth.find('@') != std::string_view::npos) return bad + "expected host";
   cfg.authority = std::string(auth);
-  std::string_view port;
-  if (auth[0] == '[') {
-    std::size_t close = auth.find(']');
-    if (close == std::string_view::npos) return "bad URL '" + cfg.url + "': unclosed [";
-    cfg.host = std::string(auth.substr(1, close - 1));
-    std::string_view rest = auth.substr(close + 1);
-    if (!rest.empty()) {
-      if (rest[0] != ':') return "bad URL '" + cfg.url + "': junk after ]";
-      port = rest.substr(1);
-    }
-  } else {
-    std::size_t colon = auth.find(':');
-    cfg.host = std::string(auth.substr(0, colon));
-    if (colon != std::string_view::npos) port = auth.substr(colon + 1);
-  }
-  if (cfg.host.empty()) return "bad URL '" + cfg.url + "': no host";
-  if (!port.empty()) {
+  std::string port = "80";
+  std::size_t colon = auth.rfind(':');
+  if (colon != std::string_view::npos && auth.find(']', colon) == std::string_view::npos) {
     int p = 0;
-    if (!parse_number(port, 1, 65535, p)) return "bad URL '" + cfg.url + "': bad port";
-    cfg.port = std::string(port);
+    if (!parse_number(auth.substr(colon + 1), 1, 65535, p)) return bad + "bad port";
+    port = std::string(auth.substr(colon + 1));
+    auth = auth.substr(0, colon);
   }
+  if (auth.size() >= 2 && auth.front() == '[' && auth.back() == ']')
+    auth = auth.substr(1, auth.size() - 2);
+  if (auth.empty()) return bad + "no host";
+
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string host(auth);
+  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0)
+    return "can't resolve '" + host + "': " + ::gai_strerror(rc);
+  std::memcpy(&cfg.addr, res->ai_addr, res->ai_addrlen);
+  cfg.addr_len = res->ai_addrlen;
+  cfg.family = res->ai_family;
+  ::freeaddrinfo(res);
   return "";
 }
 
-// Returns an error message, or "" with `help` or a filled `cfg`.
+// Returns an error message, or "" with `help` set or `cfg` filled in.
 std::string parse_args(int argc, char** argv, config& cfg, bool& help) {
   static constexpr std::string_view kValued[] = {"--url",          "--connections", "--duration",
                                                  "--requests",     "--mode",        "--threads",
                                                  "--pause-max-ms", "--timeout-ms",  "--json"};
+  std::string url;
   bool have_duration = false;
-  bool have_requests = false;
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
     std::string value;
@@ -170,20 +174,19 @@ std::string parse_args(int argc, char** argv, config& cfg, bool& help) {
       help = true;
       return "";
     }
-    if (flag == "--pids") {
-      if (has_value) return "--pids takes no value";
+    if (flag == "--pids" && !has_value) {
       cfg.show_pids = true;
       continue;
     }
     if (std::find(std::begin(kValued), std::end(kValued), flag) == std::end(kValued))
-      return "unknown flag '" + flag + "'";
+      return "unknown flag '" + std::string(argv[i]) + "'";
     if (!has_value) {
       if (i + 1 >= argc) return flag + " needs a value";
       value = argv[++i];
     }
     const std::string bad = "bad value '" + value + "' for " + flag;
     if (flag == "--url") {
-      cfg.url = value;
+      url = value;
     } else if (flag == "--connections") {
       if (!parse_number(value, 1, 1000000, cfg.connections)) return bad;
     } else if (flag == "--duration") {
@@ -191,15 +194,9 @@ std::string parse_args(int argc, char** argv, config& cfg, bool& help) {
       have_duration = true;
     } else if (flag == "--requests") {
       if (!parse_number<std::uint64_t>(value, 1, UINT64_MAX / 2, cfg.requests)) return bad;
-      have_requests = true;
     } else if (flag == "--mode") {
-      if (value == "keepalive" || value == "keep-alive") {
-        cfg.close_mode = false;
-      } else if (value == "close") {
-        cfg.close_mode = true;
-      } else {
-        return bad + " (keepalive or close)";
-      }
+      if (value != "keepalive" && value != "close") return bad + " (keepalive or close)";
+      cfg.close_mode = value == "close";
     } else if (flag == "--threads") {
       if (!parse_number(value, 1, 1024, cfg.threads)) return bad;
     } else if (flag == "--pause-max-ms") {
@@ -211,26 +208,10 @@ std::string parse_args(int argc, char** argv, config& cfg, bool& help) {
       cfg.json_path = value;
     }
   }
-  if (cfg.url.empty()) return "--url is required";
-  if (have_duration && have_requests) return "--duration and --requests exclude each other";
+  if (url.empty()) return "--url is required";
+  if (have_duration && cfg.requests != 0) return "--duration and --requests exclude each other";
   if (cfg.threads > cfg.connections) return "--threads must not exceed --connections";
-  return parse_url(cfg);
-}
-
-// Resolved once, before the clock starts: DNS is not what we measure.
-std::string resolve(config& cfg) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  if (int rc = ::getaddrinfo(cfg.host.c_str(), cfg.port.c_str(), &hints, &res); rc != 0)
-    return "can't resolve '" + cfg.host + "': " + ::gai_strerror(rc);
-  std::memcpy(&cfg.addr, res->ai_addr, res->ai_addrlen);
-  cfg.addr_len = res->ai_addrlen;
-  cfg.family = res->ai_family;
-  ::freeaddrinfo(res);
-  return "";
+  return set_target(cfg, url);
 }
 
 // Each connection holds one descriptor; 10,000 of them need more than the usual soft limit.
@@ -268,11 +249,10 @@ class histogram {
     max_ = std::max(max_, o.max_);
   }
 
-  std::uint64_t max() const { return max_; }
-
-  // The midpoint of the bucket holding the ceil(q * n)-th smallest sample, capped at the max.
+  // The midpoint of the bucket holding the ceil(q * n)-th smallest sample, capped at the max;
+  // q = 1 gives the exact max.
   std::uint64_t quantile(double q) const {
-    if (total_ == 0) return 0;
+    if (total_ == 0 || q >= 1) return max_;
     auto rank = static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(total_)));
     rank = std::clamp<std::uint64_t>(rank, 1, total_);
     std::uint64_t seen = 0;
@@ -308,37 +288,35 @@ class histogram {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Response parser: incremental, keeps only the head (for headers) and a chunk-size line; body
-// bytes are counted, never stored. Framing follows RFC 9112 §6.3.
+// Response parser: incremental; keeps the head (for the fields) and one chunk line, counts
+// body bytes without storing them. Framing follows RFC 9112 §6.3 and §7.1.
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
+bool iequals(std::string_view a, std::string_view lower) {
+  if (a.size() != lower.size()) return false;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i] >= 'A' && a[i] <= 'Z' ? static_cast<char>(a[i] + 32) : a[i];
-    if (x != b[i]) return false;  // b is lower case
+    char c = a[i] >= 'A' && a[i] <= 'Z' ? static_cast<char>(a[i] + 32) : a[i];
+    if (c != lower[i]) return false;
   }
   return true;
 }
 
 std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
+  std::size_t b = s.find_first_not_of(" \t");
+  if (b == std::string_view::npos) return {};
+  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
 }
 
 bool is_digit(char c) {
   return c >= '0' && c <= '9';
 }
 
-// Calls fn(token) for each comma-separated token of a header value (RFC 9110 §5.6.1).
+// Calls fn(token) for each comma-separated token of a field value (RFC 9110 §5.6.1).
 template <typename Fn>
 void for_each_token(std::string_view value, Fn fn) {
-  while (!value.empty()) {
+  for (;;) {  // bounded: value shrinks every pass
     std::size_t comma = value.find(',');
     fn(trim(value.substr(0, comma)));
-    if (comma == std::string_view::npos) break;
+    if (comma == std::string_view::npos) return;
     value.remove_prefix(comma + 1);
   }
 }
@@ -351,18 +329,54 @@ class response_parser {
     phase_ = phase::head;
     head_.clear();
     line_.clear();
-    status_ = 0;
-    keep_alive_ = false;
-    has_pid_ = false;
+    keep_alive_ = has_pid_ = false;
     error_ = nullptr;
-    remaining_ = 0;
   }
 
-  // Consumes bytes of `data` into the response; `used` says how many belong to it, so the
-  // caller can tell a response followed by bytes nobody asked for.
-  result feed(const char* data, std::size_t n, std::size_t& used);
+  // Feeds bytes; `used` says how many belong to this response, so the caller can tell a
+  // response followed by bytes nobody asked for.
+  result feed(const char* data, std::size_t n, std::size_t& used) {
+    used = 0;
+    while (used < n) {  // every pass consumes at least one byte or returns
+      const char* p = data + used;
+      std::size_t left = n - used;
+      if (phase_ == phase::head) {
+        std::size_t old = head_.size();
+        head_.append(p, std::min(left, kMaxHead + 4 - old));
+        std::size_t end = head_.find("\r\n\r\n", old >= 3 ? old - 3 : 0);
+        if (end == std::string::npos) {
+          if (head_.size() > kMaxHead) return fail("response head over 64 KiB");
+          used = n;
+          return result::more;
+        }
+        head_.resize(end + 4);
+        used += end + 4 - old;
+        if (result r = parse_head(); r != result::more) return r;
+      } else if (phase_ == phase::body || phase_ == phase::chunk_data) {
+        auto take = static_cast<std::size_t>(std::min<std::uint64_t>(remaining_, left));
+        remaining_ -= take;
+        used += take;
+        if (remaining_ == 0 && phase_ == phase::body) {
+          phase_ = phase::done;
+          return result::complete;
+        }
+        if (remaining_ == 0) phase_ = phase::chunk_end;
+      } else if (phase_ == phase::until_close) {
+        used = n;
+      } else {  // a chunk-size, chunk-end or trailer line: collect it up to its LF
+        const auto* lf = static_cast<const char*>(std::memchr(p, '\n', left));
+        std::size_t take = lf ? static_cast<std::size_t>(lf - p) + 1 : left;
+        if (line_.size() + take > kMaxLine) return fail("chunk or trailer line too long");
+        line_.append(p, take);
+        used += take;
+        if (!lf) continue;
+        if (result r = parse_line(); r != result::more) return r;
+      }
+    }
+    return result::more;
+  }
 
-  // The server closed: complete only when the body is delimited by the close.
+  // The server closed: the response is complete only if the close delimits its body.
   bool complete_on_eof() {
     if (phase_ != phase::until_close) return false;
     phase_ = phase::done;
@@ -376,16 +390,7 @@ class response_parser {
   const char* error() const { return error_; }
 
  private:
-  enum class phase : std::uint8_t {
-    head,
-    body,
-    chunk_size,
-    chunk_data,
-    chunk_end,
-    trailer,
-    until_close,
-    done
-  };
+  enum class phase { head, body, chunk_size, chunk_data, chunk_end, trailer, until_close, done };
   static constexpr std::size_t kMaxHead = 64 * 1024;
   static constexpr std::size_t kMaxLine = 4096;
 
@@ -393,8 +398,93 @@ class response_parser {
     error_ = why;
     return result::error;
   }
-  result parse_head();
-  result parse_line();
+
+  // head_ holds the status line and the fields, up to and including the empty line.
+  result parse_head() {
+    std::string_view h(head_);
+    std::size_t eol = h.find("\r\n");
+    std::string_view line = h.substr(0, eol);
+    // RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ]
+    if (line.size() < 12 || !line.starts_with("HTTP/1.") || !is_digit(line[7]) || line[8] != ' ' ||
+        !is_digit(line[9]) || !is_digit(line[10]) || !is_digit(line[11]) ||
+        (line.size() > 12 && line[12] != ' ') || line[9] == '0')
+      return fail("bad status line");
+    bool http11 = line[7] != '0';
+    status_ = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+    bool conn_close = false, conn_keep = false, has_te = false, chunked = false;
+    bool has_length = false;
+    std::uint64_t length = 0;
+    for (std::size_t pos = eol + 2;;) {  // bounded: pos advances, h ends with an empty line
+      std::size_t end = h.find("\r\n", pos);
+      line = h.substr(pos, end - pos);
+      pos = end + 2;
+      if (line.empty()) break;
+      std::size_t colon = line.find(':');
+      if (colon == std::string_view::npos || colon == 0) return fail("bad header line");
+      std::string_view name = line.substr(0, colon);
+      std::string_view value = trim(line.substr(colon + 1));
+      if (iequals(name, "content-length")) {
+        std::uint64_t v = 0;
+        if (!parse_number<std::uint64_t>(value, 0, std::uint64_t{1} << 60, v) ||
+            (has_length && v != length))
+          return fail("bad Content-Length");
+        has_length = true;
+        length = v;
+      } else if (iequals(name, "transfer-encoding")) {
+        has_te = true;
+        for_each_token(value, [&](std::string_view t) { chunked = iequals(t, "chunked"); });
+      } else if (iequals(name, "connection")) {
+        for_each_token(value, [&](std::string_view t) {
+          conn_close = conn_close || iequals(t, "close");
+          conn_keep = conn_keep || iequals(t, "keep-alive");
+        });
+      } else if (iequals(name, "x-pid")) {
+        pid_.assign(value);
+        has_pid_ = true;
+      }
+    }
+    if (status_ == 101) return fail("unexpected 101 Switching Protocols");
+    if (status_ < 200) {  // interim (RFC 9110 §15.2): the final response follows
+      head_.clear();
+      has_pid_ = false;
+      return result::more;
+    }
+    keep_alive_ = http11 ? !conn_close : conn_keep;
+    if (status_ == 204 || status_ == 304 || (has_length && !has_te && length == 0)) {
+      phase_ = phase::done;
+    } else if (chunked) {  // Transfer-Encoding overrides Content-Length (§6.3 item 3)
+      phase_ = phase::chunk_size;
+    } else if (has_length && !has_te) {
+      phase_ = phase::body;
+      remaining_ = length;
+    } else {  // §6.3 items 4 and 8: the close ends the body
+      phase_ = phase::until_close;
+      keep_alive_ = false;
+    }
+    return phase_ == phase::done ? result::complete : result::more;
+  }
+
+  // line_ holds one line, LF included: a chunk size, the CRLF after chunk data or a trailer.
+  result parse_line() {
+    if (line_.size() < 2 || line_[line_.size() - 2] != '\r') return fail("chunk line not CRLF");
+    std::string_view line(line_.data(), line_.size() - 2);
+    if (phase_ == phase::chunk_end) {
+      if (!line.empty()) return fail("chunk data longer than its size");
+      phase_ = phase::chunk_size;
+    } else if (phase_ == phase::trailer) {
+      if (line.empty()) phase_ = phase::done;  // other lines are trailer fields: ignored
+    } else {
+      std::uint64_t size = 0;
+      auto [end, ec] = std::from_chars(line.data(), line.data() + line.size(), size, 16);
+      std::string_view ext = trim(line.substr(static_cast<std::size_t>(end - line.data())));
+      if (ec != std::errc() || size > (std::uint64_t{1} << 60) || (!ext.empty() && ext[0] != ';'))
+        return fail("bad chunk size");
+      phase_ = size == 0 ? phase::trailer : phase::chunk_data;
+      remaining_ = size;
+    }
+    line_.clear();
+    return phase_ == phase::done ? result::complete : result::more;
+  }
 
   phase phase_ = phase::head;
   std::string head_;  // capacity kept across requests: no allocation per response
@@ -407,194 +497,10 @@ class response_parser {
   std::uint64_t remaining_ = 0;
 };
 
-response_parser::result response_parser::feed(const char* data, std::size_t n, std::size_t& used) {
-  used = 0;
-  while (used < n) {  // every pass consumes at least one byte or returns
-    const char* p = data + used;
-    std::size_t left = n - used;
-    switch (phase_) {
-      case phase::head: {
-        std::size_t old = head_.size();
-        head_.append(p, std::min(left, kMaxHead + 4 - old));
-        std::size_t end = head_.find("\r\n\r\n", old >= 3 ? old - 3 : 0);
-        if (end == std::string::npos) {
-          if (head_.size() > kMaxHead) return fail("response head over 64 KiB");
-          used = n;
-          return result::more;
-        }
-        head_.resize(end + 4);
-        used += end + 4 - old;
-        if (result r = parse_head(); r != result::more) return r;
-        break;
-      }
-      case phase::body:
-      case phase::chunk_data: {
-        auto take = static_cast<std::size_t>(std::min<std::uint64_t>(remaining_, left));
-        remaining_ -= take;
-        used += take;
-        if (remaining_ == 0) {
-          if (phase_ == phase::body) {
-            phase_ = phase::done;
-            return result::complete;
-          }
-          phase_ = phase::chunk_end;
-          remaining_ = 2;
-        }
-        break;
-      }
-      case phase::chunk_end:
-        if (*p != (remaining_ == 2 ? '\r' : '\n')) return fail("chunk data not followed by CRLF");
-        ++used;
-        if (--remaining_ == 0) phase_ = phase::chunk_size;
-        break;
-      case phase::chunk_size:
-      case phase::trailer: {
-        const auto* lf = static_cast<const char*>(std::memchr(p, '\n', left));
-        std::size_t take = lf ? static_cast<std::size_t>(lf - p) + 1 : left;
-        if (line_.size() + take > kMaxLine) return fail("chunk-size or trailer line too long");
-        line_.append(p, take);
-        used += take;
-        if (lf) {
-          if (result r = parse_line(); r != result::more) return r;
-        }
-        break;
-      }
-      case phase::until_close:
-        used = n;
-        return result::more;
-      case phase::done:
-        return result::complete;
-    }
-  }
-  return result::more;
-}
-
-// line_ holds one chunk-size or trailer line, LF included (RFC 9112 §7.1).
-response_parser::result response_parser::parse_line() {
-  if (line_.size() < 2 || line_[line_.size() - 2] != '\r') return fail("chunk line without CRLF");
-  std::string_view line(line_.data(), line_.size() - 2);
-  if (phase_ == phase::trailer) {
-    line_.clear();
-    if (!line.empty()) return result::more;  // a trailer field: ignored
-    phase_ = phase::done;
-    return result::complete;
-  }
-  std::uint64_t size = 0;
-  std::size_t i = 0;
-  for (; i < line.size() && i < 16; ++i) {
-    char c = line[i];
-    int d = is_digit(c)            ? c - '0'
-            : c >= 'a' && c <= 'f' ? c - 'a' + 10
-            : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                   : -1;
-    if (d < 0) break;
-    size = size * 16 + static_cast<std::uint64_t>(d);
-  }
-  std::string_view rest = trim(line.substr(i));
-  if (i == 0 || size > (std::uint64_t{1} << 60) || (!rest.empty() && rest[0] != ';'))
-    return fail("bad chunk size");
-  line_.clear();
-  if (size == 0) {
-    phase_ = phase::trailer;
-  } else {
-    phase_ = phase::chunk_data;
-    remaining_ = size;
-  }
-  return result::more;
-}
-
-// head_ holds the status line and the fields, up to and including the empty line.
-response_parser::result response_parser::parse_head() {
-  std::string_view h(head_);
-  std::size_t eol = h.find("\r\n");
-  std::string_view line = h.substr(0, eol);
-  // RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ]
-  if (line.size() < 12 || !line.starts_with("HTTP/1.") || !is_digit(line[7]) || line[8] != ' ' ||
-      !is_digit(line[9]) || !is_digit(line[10]) || !is_digit(line[11]) ||
-      (line.size() > 12 && line[12] != ' '))
-    return fail("bad status line");
-  bool http11 = line[7] != '0';
-  status_ = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
-  if (status_ < 100) return fail("bad status code");
-
-  bool conn_close = false;
-  bool conn_keep = false;
-  bool has_te = false;
-  bool chunked = false;
-  bool has_length = false;
-  std::uint64_t length = 0;
-  std::size_t pos = eol + 2;
-  for (;;) {  // bounded: pos advances every pass and h ends with an empty line
-    std::size_t end = h.find("\r\n", pos);
-    line = h.substr(pos, end - pos);
-    pos = end + 2;
-    if (line.empty()) break;
-    std::size_t colon = line.find(':');
-    if (colon == std::string_view::npos || colon == 0) return fail("bad header line");
-    std::string_view name = line.substr(0, colon);
-    std::string_view value = trim(line.substr(colon + 1));
-    if (iequals(name, "content-length")) {
-      std::uint64_t v = 0;
-      if (!parse_number<std::uint64_t>(value, 0, std::uint64_t{1} << 60, v))
-        return fail("bad Content-Length");
-      if (has_length && v != length) return fail("conflicting Content-Length");
-      has_length = true;
-      length = v;
-    } else if (iequals(name, "transfer-encoding")) {
-      has_te = true;
-      for_each_token(value, [&](std::string_view t) { chunked = iequals(t, "chunked"); });
-    } else if (iequals(name, "connection")) {
-      for_each_token(value, [&](std::string_view t) {
-        conn_close = conn_close || iequals(t, "close");
-        conn_keep = conn_keep || iequals(t, "keep-alive");
-      });
-    } else if (iequals(name, "x-pid")) {
-      pid_.assign(value);
-      has_pid_ = true;
-    }
-  }
-  if (status_ < 200) {
-    if (status_ == 101) return fail("unexpected 101 Switching Protocols");
-    // An interim response (RFC 9110 §15.2): the final one follows on the same connection.
-    head_.clear();
-    has_pid_ = false;
-    return result::more;
-  }
-  keep_alive_ = http11 ? !conn_close : conn_keep;
-  if (status_ == 204 || status_ == 304) {
-    phase_ = phase::done;
-    return result::complete;
-  }
-  if (chunked) {  // Transfer-Encoding overrides Content-Length (§6.3 item 3)
-    phase_ = phase::chunk_size;
-    return result::more;
-  }
-  if (has_length && !has_te) {
-    if (length == 0) {
-      phase_ = phase::done;
-      return result::complete;
-    }
-    phase_ = phase::body;
-    remaining_ = length;
-    return result::more;
-  }
-  phase_ = phase::until_close;  // §6.3 items 4 and 8: the close ends the body
-  keep_alive_ = false;
-  return result::more;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Statistics, one per worker, merged after join.
 
-enum class failure : std::uint8_t {
-  connect,
-  reset_new,
-  reset_reused,
-  reset_mid,
-  timeout,
-  bad_status,
-  malformed
-};
+enum class failure { connect, reset_new, reset_reused, reset_mid, timeout, bad_status, malformed };
 constexpr std::size_t kFailureKinds = 7;
 constexpr const char* kFailureNames[kFailureKinds] = {
     "connect", "reset_new", "reset_reused", "reset_mid", "timeout", "bad_status", "malformed"};
@@ -659,9 +565,9 @@ struct shared_state {
 
 // ---------------------------------------------------------------------------------------------
 // Worker: one thread, one epoll loop, a fixed set of connection slots. A slot runs one request
-// at a time on its current socket and opens a new socket when it has none.
+// at a time on its socket, and opens a new socket when it has none.
 
-enum class conn_state : std::uint8_t {
+enum class conn_state {
   paused,      // between requests: in the timer heap or the ready list; socket open or not
   connecting,  // request started, non-blocking connect in progress
   writing,     // request bytes going out
@@ -708,8 +614,46 @@ class worker {
     return epfd_ < 0 ? "epoll_create1: " + errno_text(errno) : "";
   }
 
-  void run();
   const stats& result() const { return stats_; }
+
+  void run() {
+    deadline_ = shared_.start + std::chrono::duration_cast<clock_type::duration>(
+                                    std::chrono::duration<double>(cfg_.duration_s));
+    for (std::uint32_t i = 0; i < conns_.size(); ++i)
+      ready_.push_back(i);
+    next_scan_ = clock_type::now() + scan_interval_;
+    std::array<epoll_event, 256> events{};
+    // Ends once stopped with nothing in flight. Every request is bounded by its timeout and
+    // the drain by hard_deadline_, so the loop is bounded in time.
+    for (;;) {
+      time_point now = clock_type::now();
+      if (g_interrupted.load(std::memory_order_relaxed) || (timed() && now >= deadline_))
+        begin_stop(now);
+      if (stopping_ && in_flight_ == 0) break;
+      if (stopping_ && now >= hard_deadline_) {
+        expire(now, true);
+        break;
+      }
+      // Bounded: each pass pops a timer, and a timer pushed now lies at least 1 ms ahead.
+      while (!timers_.empty() && timers_.top().at <= now) {
+        std::uint32_t slot = timers_.top().slot;
+        timers_.pop();
+        start_request(conns_[slot]);
+      }
+      // Swapped, so a slot that fails at once waits for the next pass instead of spinning.
+      starting_.swap(ready_);
+      for (std::uint32_t slot : starting_)
+        start_request(conns_[slot]);
+      starting_.clear();
+      if (now >= next_scan_) {
+        expire(now, false);
+        next_scan_ = now + scan_interval_;
+      }
+      int n = ::epoll_wait(epfd_, events.data(), static_cast<int>(events.size()), wait_ms(now));
+      for (int i = 0; i < n; ++i)
+        on_event(conns_[events[i].data.u32], events[i].events);
+    }
+  }
 
  private:
   struct timer {
@@ -718,9 +662,7 @@ class worker {
     friend bool operator>(const timer& a, const timer& b) { return a.at > b.at; }
   };
 
-  static bool in_flight(conn_state s) {
-    return s == conn_state::connecting || s == conn_state::writing || s == conn_state::reading;
-  }
+  bool timed() const { return cfg_.requests == 0; }
   std::uint32_t slot_of(const connection& c) const {
     return static_cast<std::uint32_t>(&c - conns_.data());
   }
@@ -729,22 +671,231 @@ class worker {
     return c.reused ? failure::reset_reused : failure::reset_new;
   }
 
-  void begin_stop(time_point now);
-  void start_request(connection& c);
-  void do_connect(connection& c);
-  void on_connected(connection& c);
-  void do_write(connection& c);
-  void do_read(connection& c);
-  void on_event(std::uint32_t slot, std::uint32_t events);
-  void on_idle_event(connection& c);
-  void on_response(connection& c);
-  void fail(connection& c, failure kind, int err, const char* detail);
-  void count_failure(const connection& c, failure kind, int err, const char* detail);
-  void schedule_next(connection& c, bool may_start_now);
-  void expire(time_point now, bool all);
-  void set_want_out(connection& c, bool on);
-  void close_fd(connection& c);
-  int wait_ms(time_point now) const;
+  int wait_ms(time_point now) const {
+    if (!ready_.empty()) return 0;
+    time_point next = next_scan_;  // at most 100 ms away: the interrupt flag gets polled
+    if (!timers_.empty()) next = std::min(next, timers_.top().at);
+    if (!stopping_ && timed()) next = std::min(next, deadline_);
+    if (stopping_) next = std::min(next, hard_deadline_);
+    if (next <= now) return 0;
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(next - now).count();
+    return static_cast<int>((us + 999) / 1000);  // rounded up, or we would spin until due
+  }
+
+  // No new request from here on; requests in flight finish or time out.
+  void begin_stop(time_point now) {
+    if (stopping_) return;
+    stopping_ = true;
+    hard_deadline_ = now + timeout_ + std::chrono::seconds(2);
+  }
+
+  void start_request(connection& c) {
+    if (!stopping_ && !timed() &&
+        shared_.claimed.fetch_add(1, std::memory_order_relaxed) >= cfg_.requests)
+      begin_stop(clock_type::now());
+    if (stopping_) {
+      close_fd(c);
+      c.state = conn_state::done;
+      return;
+    }
+    ++in_flight_;
+    c.parser.reset();
+    c.got_bytes = false;
+    c.written = 0;
+    c.req_start = c.write_start = clock_type::now();
+    // A socket that sat idle may have been closed by the server since the last epoll_wait;
+    // a careful client checks before reusing it, which leaves only the true race to count.
+    if (c.fd >= 0 && cfg_.pause_max_ms > 0) on_idle_event(c);
+    if (c.fd < 0) {
+      do_connect(c);
+    } else {
+      do_write(c);
+    }
+  }
+
+  void do_connect(connection& c) {
+    c.fd = ::socket(cfg_.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c.fd < 0) return fail(c, failure::connect, errno, nullptr);
+    c.reused = false;
+    int one = 1;
+    ::setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int rc = ::connect(c.fd, reinterpret_cast<const sockaddr*>(&cfg_.addr), cfg_.addr_len);
+    if (rc != 0 && errno != EINPROGRESS) return fail(c, failure::connect, errno, nullptr);
+    // Level-triggered: a readable socket is reported until drained, so no EOF is missed.
+    epoll_event ev{};
+    ev.events = EPOLLIN | (rc != 0 ? EPOLLOUT : 0u);
+    ev.data.u32 = slot_of(c);
+    if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, c.fd, &ev) != 0)
+      return fail(c, failure::connect, errno, "epoll_ctl failed");
+    c.want_out = rc != 0;
+    if (rc != 0) {
+      c.state = conn_state::connecting;
+      return;
+    }
+    c.write_start = clock_type::now();
+    do_write(c);
+  }
+
+  void on_connected(connection& c) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err != 0) return fail(c, failure::connect, err, nullptr);
+    c.write_start = clock_type::now();
+    do_write(c);
+  }
+
+  void do_write(connection& c) {
+    const std::string& req = cfg_.request;
+    c.state = conn_state::writing;
+    while (c.written < req.size()) {  // each pass writes something or returns
+      ssize_t n = ::send(c.fd, req.data() + c.written, req.size() - c.written, MSG_NOSIGNAL);
+      if (n > 0) {
+        c.written += static_cast<std::size_t>(n);
+        continue;
+      }
+      int err = n < 0 ? errno : EPIPE;
+      if (err != EAGAIN && err != EWOULDBLOCK && err != EINTR)
+        return fail(c, reset_class(c), err, nullptr);
+      return set_want_out(c, true);
+    }
+    if (c.want_out) set_want_out(c, false);
+    c.state = conn_state::reading;
+  }
+
+  void do_read(connection& c) {
+    // Bounded: level-triggered epoll reports whatever is left on the next pass.
+    for (int pass = 0; pass < 4; ++pass) {
+      ssize_t n = ::recv(c.fd, buf_.data(), buf_.size(), 0);
+      if (n > 0) {
+        c.got_bytes = true;
+        std::size_t used = 0;
+        auto r = c.parser.feed(buf_.data(), static_cast<std::size_t>(n), used);
+        if (r == response_parser::result::error)
+          return fail(c, failure::malformed, 0, c.parser.error());
+        // No pipelining: bytes after the response mean its framing lied.
+        if (r == response_parser::result::complete && used != static_cast<std::size_t>(n))
+          return fail(c, failure::malformed, 0, "bytes after the end of the response");
+        if (r == response_parser::result::complete) return on_response(c);
+        if (static_cast<std::size_t>(n) < buf_.size()) return;  // drained: skip the EAGAIN
+        continue;
+      }
+      if (n == 0 && c.parser.complete_on_eof()) return on_response(c);
+      if (n == 0)
+        return fail(c, reset_class(c), 0, c.got_bytes ? "EOF in the response" : "EOF, no response");
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+      return fail(c, reset_class(c), errno, nullptr);
+    }
+  }
+
+  void on_event(connection& c, std::uint32_t events) {
+    if (c.fd < 0) return;
+    if (c.state == conn_state::connecting) return on_connected(c);
+    if (c.state == conn_state::paused) return on_idle_event(c);
+    if (c.state == conn_state::writing && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) do_write(c);
+    // A server may answer (or close) before it read the whole request: read while writing too.
+    bool active = c.state == conn_state::writing || c.state == conn_state::reading;
+    if (active && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) do_read(c);
+  }
+
+  // The server closed an idle keep-alive connection (or sent bytes nobody asked for, such as
+  // a 408). No request was on it, so nothing is lost: the next request opens a new connection.
+  // Only a close that crosses our request on the wire is the race counted as reset_reused.
+  void on_idle_event(connection& c) {
+    ssize_t n = ::recv(c.fd, buf_.data(), buf_.size(), 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    close_fd(c);
+  }
+
+  void on_response(connection& c) {
+    time_point end = clock_type::now();
+    --in_flight_;
+    int status = c.parser.status();
+    if (status >= 200 && status < 300) {
+      ++stats_.ok;
+      stats_.latency.record(static_cast<std::uint64_t>(nanos(end - c.write_start)));
+    } else {
+      char why[32];
+      std::snprintf(why, sizeof why, "status %d", status);
+      count_failure(c, failure::bad_status, 0, why);
+    }
+    if (c.parser.has_pid()) stats_.record_pid(c.parser.pid(), nanos(end - shared_.start));
+    // Closing right away is fine: the server's FIN is usually in already, so the TIME_WAIT
+    // stays on its side.
+    if (cfg_.close_mode || !c.parser.keep_alive() || c.written != cfg_.request.size())
+      close_fd(c);
+    else
+      c.reused = true;
+    schedule_next(c, true);
+  }
+
+  void fail(connection& c, failure kind, int err, const char* detail) {
+    --in_flight_;
+    count_failure(c, kind, err, detail);
+    close_fd(c);  // whatever the socket still holds belongs to a request we gave up on
+    schedule_next(c, false);
+  }
+
+  void count_failure(const connection& c, failure kind, int err, const char* detail) {
+    ++stats_.failures[static_cast<std::size_t>(kind)];
+    if (shared_.logged.load(std::memory_order_relaxed) >= kLoggedFailures) return;
+    if (shared_.logged.fetch_add(1, std::memory_order_relaxed) >= kLoggedFailures) return;
+    std::chrono::duration<double, std::milli> at = clock_type::now() - shared_.start;
+    std::fprintf(stderr, "loadgen: failure %s on connection %u (%s) at %.1f ms: %s\n",
+                 kFailureNames[static_cast<std::size_t>(kind)], c.id, c.reused ? "reused" : "new",
+                 at.count(), detail ? detail : errno_text(err).c_str());
+  }
+
+  // After a failure the next request waits for the next pass of the loop, so a refused
+  // connect cannot recurse; after a response it may go out at once, as a request never
+  // completes synchronously.
+  void schedule_next(connection& c, bool may_start_now) {
+    c.state = conn_state::paused;
+    if (stopping_) {
+      close_fd(c);
+      c.state = conn_state::done;
+      return;
+    }
+    int delay = 0;
+    if (cfg_.pause_max_ms > 0)
+      delay = std::uniform_int_distribution<int>(0, cfg_.pause_max_ms)(rng_);
+    if (delay > 0) {
+      timers_.push({clock_type::now() + milliseconds(delay), slot_of(c)});
+    } else if (may_start_now) {
+      start_request(c);
+    } else {
+      ready_.push_back(slot_of(c));
+    }
+  }
+
+  // Fails requests in flight for longer than the timeout (all of them when `all`). A scan
+  // every timeout/10 (at most 100 ms) is cheaper than a timer per request at 100k req/s.
+  void expire(time_point now, bool all) {
+    for (connection& c : conns_) {
+      bool in_flight = c.state == conn_state::connecting || c.state == conn_state::writing ||
+                       c.state == conn_state::reading;
+      if (!in_flight || (!all && now - c.req_start < timeout_)) continue;
+      if (c.state == conn_state::connecting)
+        fail(c, failure::connect, ETIMEDOUT, "connect timed out");
+      else
+        fail(c, failure::timeout, ETIMEDOUT, "no complete response in time");
+    }
+  }
+
+  void set_want_out(connection& c, bool on) {
+    epoll_event ev{};
+    ev.events = EPOLLIN | (on ? EPOLLOUT : 0u);
+    ev.data.u32 = slot_of(c);
+    ::epoll_ctl(epfd_, EPOLL_CTL_MOD, c.fd, &ev);
+    c.want_out = on;
+  }
+
+  void close_fd(connection& c) {
+    if (c.fd >= 0) ::close(c.fd);  // also leaves the epoll set: the fd is never duplicated
+    c.fd = -1;
+    c.want_out = false;
+    c.reused = false;
+  }
 
   const config& cfg_;
   shared_state& shared_;
@@ -765,345 +916,38 @@ class worker {
   std::array<char, 64 * 1024> buf_{};
 };
 
-void worker::run() {
-  const bool timed = cfg_.requests == 0;
-  deadline_ = shared_.start + std::chrono::duration_cast<clock_type::duration>(
-                                  std::chrono::duration<double>(cfg_.duration_s));
-  for (std::uint32_t i = 0; i < conns_.size(); ++i)
-    ready_.push_back(i);
-  next_scan_ = clock_type::now() + scan_interval_;
-  std::array<epoll_event, 256> events{};
-  // Ends once stopped with nothing in flight; every request is bounded by its timeout and the
-  // drain by hard_deadline_, so the loop is bounded in time.
-  for (;;) {
-    time_point now = clock_type::now();
-    if (!stopping_ &&
-        (g_interrupted.load(std::memory_order_relaxed) || (timed && now >= deadline_)))
-      begin_stop(now);
-    if (stopping_ && in_flight_ == 0) break;
-    if (stopping_ && now >= hard_deadline_) {
-      expire(now, true);
-      break;
-    }
-    // Bounded: each pass pops one timer, and a timer pushed now lies at least 1 ms ahead.
-    while (!timers_.empty() && timers_.top().at <= now) {
-      std::uint32_t slot = timers_.top().slot;
-      timers_.pop();
-      start_request(conns_[slot]);
-    }
-    // A swap: slots that fail synchronously now wait for the next pass, not recurse.
-    starting_.swap(ready_);
-    for (std::uint32_t slot : starting_)
-      start_request(conns_[slot]);
-    starting_.clear();
-    if (now >= next_scan_) {
-      expire(now, false);
-      next_scan_ = now + scan_interval_;
-    }
-    int n = ::epoll_wait(epfd_, events.data(), static_cast<int>(events.size()), wait_ms(now));
-    for (int i = 0; i < n; ++i)
-      on_event(events[i].data.u32, events[i].events);
-  }
-}
-
-int worker::wait_ms(time_point now) const {
-  if (!ready_.empty()) return 0;
-  time_point next = next_scan_;  // at most scan_interval_ away: the interrupt flag is polled
-  if (!timers_.empty()) next = std::min(next, timers_.top().at);
-  if (!stopping_ && cfg_.requests == 0) next = std::min(next, deadline_);
-  if (stopping_) next = std::min(next, hard_deadline_);
-  if (next <= now) return 0;
-  auto us = std::chrono::duration_cast<std::chrono::microseconds>(next - now).count();
-  return static_cast<int>((us + 999) / 1000);  // round up, or we would spin until it is due
-}
-
-// No new request from here on; requests in flight finish or time out.
-void worker::begin_stop(time_point now) {
-  if (stopping_) return;
-  stopping_ = true;
-  hard_deadline_ = now + timeout_ + std::chrono::seconds(2);
-}
-
-void worker::start_request(connection& c) {
-  if (stopping_) {
-    close_fd(c);
-    c.state = conn_state::done;
-    return;
-  }
-  if (cfg_.requests != 0 &&
-      shared_.claimed.fetch_add(1, std::memory_order_relaxed) >= cfg_.requests) {
-    begin_stop(clock_type::now());
-    close_fd(c);
-    c.state = conn_state::done;
-    return;
-  }
-  ++in_flight_;
-  c.parser.reset();
-  c.got_bytes = false;
-  c.written = 0;
-  c.req_start = clock_type::now();
-  if (c.fd < 0) {
-    do_connect(c);
-  } else {
-    c.write_start = c.req_start;
-    do_write(c);
-  }
-}
-
-void worker::do_connect(connection& c) {
-  int fd = ::socket(cfg_.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    fail(c, failure::connect, errno, nullptr);
-    return;
-  }
-  c.fd = fd;
-  c.reused = false;
-  int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&cfg_.addr), cfg_.addr_len);
-  if (rc != 0 && errno != EINPROGRESS) {
-    fail(c, failure::connect, errno, nullptr);
-    return;
-  }
-  // Level-triggered: a readable socket is reported until drained, so no EOF is ever missed.
-  epoll_event ev{};
-  ev.events = EPOLLIN | (rc != 0 ? EPOLLOUT : 0u);
-  ev.data.u32 = slot_of(c);
-  if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
-    fail(c, failure::connect, errno, "epoll_ctl");
-    return;
-  }
-  c.want_out = rc != 0;
-  if (rc != 0) {
-    c.state = conn_state::connecting;
-    return;
-  }
-  c.write_start = clock_type::now();
-  do_write(c);
-}
-
-void worker::on_connected(connection& c) {
-  int err = 0;
-  socklen_t len = sizeof err;
-  if (::getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-  if (err != 0) {
-    fail(c, failure::connect, err, nullptr);
-    return;
-  }
-  c.write_start = clock_type::now();
-  do_write(c);
-}
-
-void worker::do_write(connection& c) {
-  const std::string& req = cfg_.request;
-  c.state = conn_state::writing;
-  while (c.written < req.size()) {  // each pass writes something or returns
-    ssize_t n = ::send(c.fd, req.data() + c.written, req.size() - c.written, MSG_NOSIGNAL);
-    if (n > 0) {
-      c.written += static_cast<std::size_t>(n);
-      continue;
-    }
-    int err = n < 0 ? errno : EPIPE;
-    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {
-      set_want_out(c, true);
-      return;
-    }
-    fail(c, reset_class(c), err, nullptr);
-    return;
-  }
-  if (c.want_out) set_want_out(c, false);
-  c.state = conn_state::reading;
-}
-
-void worker::do_read(connection& c) {
-  // Bounded: level-triggered epoll reports whatever is left on the next pass.
-  for (int pass = 0; pass < 4; ++pass) {
-    ssize_t n = ::recv(c.fd, buf_.data(), buf_.size(), 0);
-    if (n > 0) {
-      c.got_bytes = true;
-      std::size_t used = 0;
-      auto r = c.parser.feed(buf_.data(), static_cast<std::size_t>(n), used);
-      if (r == response_parser::result::error) {
-        fail(c, failure::malformed, 0, c.parser.error());
-      } else if (r == response_parser::result::complete) {
-        // No pipelining: bytes after the response mean its framing lied.
-        if (used != static_cast<std::size_t>(n)) {
-          fail(c, failure::malformed, 0, "bytes after the end of the response");
-        } else {
-          on_response(c);
-        }
-      } else if (static_cast<std::size_t>(n) == buf_.size()) {
-        continue;
-      }
-      return;  // a short read drained the socket: skip the recv that would say EAGAIN
-    }
-    if (n == 0) {
-      if (c.parser.complete_on_eof()) {
-        on_response(c);
-      } else {
-        fail(c, reset_class(c), 0, c.got_bytes ? "EOF inside the response" : "EOF, no response");
-      }
-      return;
-    }
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-    fail(c, reset_class(c), errno, nullptr);
-    return;
-  }
-}
-
-void worker::on_event(std::uint32_t slot, std::uint32_t events) {
-  connection& c = conns_[slot];
-  if (c.fd < 0) return;
-  switch (c.state) {
-    case conn_state::connecting:
-      on_connected(c);
-      return;
-    case conn_state::writing:
-      if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) do_write(c);
-      if (c.state != conn_state::reading && c.state != conn_state::writing) return;
-      [[fallthrough]];
-    case conn_state::reading:
-      // A server may answer (or close) before it read the whole request: read in both states.
-      if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) do_read(c);
-      return;
-    case conn_state::paused:
-      on_idle_event(c);
-      return;
-    case conn_state::done:
-      return;
-  }
-}
-
-// The server closed an idle keep-alive connection (or sent bytes nobody asked for, such as a
-// 408). No request was on it, so nothing is lost: the next request opens a new connection.
-// Only a close that crosses our request on the wire is the race counted as reset_reused.
-void worker::on_idle_event(connection& c) {
-  ssize_t n = ::recv(c.fd, buf_.data(), buf_.size(), 0);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
-  close_fd(c);
-}
-
-void worker::on_response(connection& c) {
-  time_point end = clock_type::now();
-  --in_flight_;
-  int status = c.parser.status();
-  if (status >= 200 && status < 300) {
-    ++stats_.ok;
-    stats_.latency.record(static_cast<std::uint64_t>((end - c.write_start).count()));
-  } else {
-    char why[32];
-    std::snprintf(why, sizeof why, "status %d", status);
-    count_failure(c, failure::bad_status, 0, why);
-  }
-  if (c.parser.has_pid()) stats_.record_pid(c.parser.pid(), (end - shared_.start).count());
-  bool keep = !cfg_.close_mode && c.parser.keep_alive() && c.written == cfg_.request.size();
-  if (keep) {
-    c.reused = true;
-  } else {
-    // We usually close second (the server's FIN is in already), so TIME_WAIT stays with it.
-    close_fd(c);
-  }
-  schedule_next(c, true);
-}
-
-void worker::fail(connection& c, failure kind, int err, const char* detail) {
-  --in_flight_;
-  count_failure(c, kind, err, detail);
-  close_fd(c);  // whatever the socket still holds belongs to a request we gave up on
-  schedule_next(c, false);
-}
-
-void worker::count_failure(const connection& c, failure kind, int err, const char* detail) {
-  ++stats_.failures[static_cast<std::size_t>(kind)];
-  if (shared_.logged.load(std::memory_order_relaxed) >= kLoggedFailures) return;
-  if (shared_.logged.fetch_add(1, std::memory_order_relaxed) >= kLoggedFailures) return;
-  std::chrono::duration<double, std::milli> at = clock_type::now() - shared_.start;
-  std::string why = detail ? detail : errno_text(err);
-  std::fprintf(stderr, "loadgen: failure %s on connection %u (%s) at %.1f ms: %s\n",
-               kFailureNames[static_cast<std::size_t>(kind)], c.id, c.reused ? "reused" : "new",
-               at.count(), why.c_str());
-}
-
-// After a failure the next request waits for the next pass of the loop, so a refused
-// connect cannot recurse; after a response it may go out at once (it never completes
-// synchronously).
-void worker::schedule_next(connection& c, bool may_start_now) {
-  c.state = conn_state::paused;
-  if (stopping_) {
-    close_fd(c);
-    c.state = conn_state::done;
-    return;
-  }
-  int delay = 0;
-  if (cfg_.pause_max_ms > 0) delay = std::uniform_int_distribution<int>(0, cfg_.pause_max_ms)(rng_);
-  if (delay > 0) {
-    timers_.push({clock_type::now() + milliseconds(delay), slot_of(c)});
-  } else if (may_start_now) {
-    start_request(c);
-  } else {
-    ready_.push_back(slot_of(c));
-  }
-}
-
-// Fails requests in flight for longer than the timeout (all of them when `all`). Scanning
-// every timeout/10 (at most 100 ms) is cheaper than a timer per request at 100k req/s.
-void worker::expire(time_point now, bool all) {
-  for (connection& c : conns_) {
-    if (!in_flight(c.state) || (!all && now - c.req_start < timeout_)) continue;
-    if (c.state == conn_state::connecting) {
-      fail(c, failure::connect, ETIMEDOUT, "connect timed out");
-    } else {
-      fail(c, failure::timeout, ETIMEDOUT, "no complete response in time");
-    }
-  }
-}
-
-void worker::set_want_out(connection& c, bool on) {
-  epoll_event ev{};
-  ev.events = EPOLLIN | (on ? EPOLLOUT : 0u);
-  ev.data.u32 = slot_of(c);
-  ::epoll_ctl(epfd_, EPOLL_CTL_MOD, c.fd, &ev);
-  c.want_out = on;
-}
-
-void worker::close_fd(connection& c) {
-  if (c.fd >= 0) ::close(c.fd);  // also leaves the epoll set: the fd is never duplicated
-  c.fd = -1;
-  c.want_out = false;
-  c.reused = false;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Output
 
-double ns_to_ms(std::uint64_t ns) {
-  return static_cast<double>(ns) / 1e6;
+struct summary {
+  std::uint64_t requests, ok, failed;
+  double rps;
+  std::array<double, 5> latency_ms;  // p50, p90, p99, p99.9, max
+};
+
+summary summarize(const stats& s, double elapsed_s) {
+  summary r{s.ok + s.failed(), s.ok, s.failed(), 0, {}};
+  r.rps = static_cast<double>(r.requests) / elapsed_s;
+  const double qs[] = {0.5, 0.9, 0.99, 0.999, 1};
+  for (std::size_t i = 0; i < r.latency_ms.size(); ++i)
+    r.latency_ms[i] = static_cast<double>(s.latency.quantile(qs[i])) / 1e6;
+  return r;
 }
 
-std::string fmt_ms(double ms) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, ms < 10 ? "%.2f" : ms < 100 ? "%.1f" : "%.0f", ms);
-  return buf;
-}
-
-using ull = unsigned long long;
-
-void print_summary(const stats& s, double elapsed_s, bool show_pids) {
-  std::uint64_t failed = s.failed();
-  const auto& f = s.failures;
-  std::printf(
-      "requests %llu  ok %llu  failed %llu  (connect %llu, reset_new %llu, reset_reused %llu, "
-      "reset_mid %llu, timeout %llu, bad_status %llu, malformed %llu)\n",
-      ull(s.ok + failed), ull(s.ok), ull(failed), ull(f[0]), ull(f[1]), ull(f[2]), ull(f[3]),
-      ull(f[4]), ull(f[5]), ull(f[6]));
-  const histogram& h = s.latency;
-  std::printf("req/s %.1f  latency p50 %s ms  p90 %s ms  p99 %s ms  p99.9 %s ms  max %s ms\n",
-              static_cast<double>(s.ok + failed) / elapsed_s,
-              fmt_ms(ns_to_ms(h.quantile(0.5))).c_str(), fmt_ms(ns_to_ms(h.quantile(0.9))).c_str(),
-              fmt_ms(ns_to_ms(h.quantile(0.99))).c_str(),
-              fmt_ms(ns_to_ms(h.quantile(0.999))).c_str(), fmt_ms(ns_to_ms(h.max())).c_str());
-  if (!show_pids) return;
+void print_summary(const stats& s, const summary& r, bool show_pids) {
+  std::printf("requests %llu  ok %llu  failed %llu  (", ull(r.requests), ull(r.ok), ull(r.failed));
+  for (std::size_t i = 0; i < kFailureKinds; ++i)
+    std::printf("%s%s %llu", i ? ", " : "", kFailureNames[i], ull(s.failures[i]));
+  std::printf(")\nreq/s %.1f  latency", r.rps);
+  const char* names[] = {"p50", "p90", "p99", "p99.9", "max"};
+  for (std::size_t i = 0; i < r.latency_ms.size(); ++i) {
+    double ms = r.latency_ms[i];
+    int digits = ms < 10 ? 2 : ms < 100 ? 1 : 0;  // two or three significant digits
+    std::printf("%s%s %.*f ms", i ? "  " : " ", names[i], digits, ms);
+  }
+  std::printf("\n");
   for (const pid_stat& p : s.pids) {
+    if (!show_pids) break;
     std::printf("pid %s  count %llu  first %.1f ms  last %.1f ms\n", p.pid.c_str(), ull(p.count),
                 static_cast<double>(p.first_ns) / 1e6, static_cast<double>(p.last_ns) / 1e6);
   }
@@ -1114,35 +958,24 @@ std::string json_pid(const std::string& pid) {
   if (!pid.empty() && pid.size() <= 18 && std::all_of(pid.begin(), pid.end(), is_digit)) return pid;
   std::string out = "\"";
   for (char c : pid) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char esc[8];
-      std::snprintf(esc, sizeof esc, "\\u%04x", static_cast<unsigned>(c));
-      out += esc;
-    } else {
-      out += c;
-    }
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) >= 0x20) out += c;  // control bytes dropped
   }
   return out + "\"";
 }
 
-std::string write_json(const std::string& path, const stats& s, double elapsed_s) {
+std::string write_json(const std::string& path, const stats& s, const summary& r) {
   std::FILE* out = std::fopen(path.c_str(), "we");
   if (!out) return "can't write " + path + ": " + errno_text(errno);
-  std::uint64_t failed = s.failed();
   std::fprintf(out, "{\"requests\":%llu,\"ok\":%llu,\"failed\":%llu,\"failures\":{",
-               ull(s.ok + failed), ull(s.ok), ull(failed));
+               ull(r.requests), ull(r.ok), ull(r.failed));
   for (std::size_t i = 0; i < kFailureKinds; ++i)
     std::fprintf(out, "%s\"%s\":%llu", i ? "," : "", kFailureNames[i], ull(s.failures[i]));
-  const histogram& h = s.latency;
+  const auto& l = r.latency_ms;
   std::fprintf(out,
                "},\"rps\":%.1f,\"latency_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,"
                "\"p999\":%.3f,\"max\":%.3f},\"pids\":[",
-               static_cast<double>(s.ok + failed) / elapsed_s, ns_to_ms(h.quantile(0.5)),
-               ns_to_ms(h.quantile(0.9)), ns_to_ms(h.quantile(0.99)), ns_to_ms(h.quantile(0.999)),
-               ns_to_ms(h.max()));
+               r.rps, l[0], l[1], l[2], l[3], l[4]);
   for (std::size_t i = 0; i < s.pids.size(); ++i) {
     const pid_stat& p = s.pids[i];
     std::fprintf(out, "%s{\"pid\":%s,\"count\":%llu,\"first_ms\":%.3f,\"last_ms\":%.3f}",
@@ -1159,25 +992,16 @@ std::string write_json(const std::string& path, const stats& s, double elapsed_s
 int main(int argc, char** argv) {
   config cfg;
   bool help = false;
-  std::string err = parse_args(argc, argv, cfg, help);
-  if (help) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  if (err.empty()) err = resolve(cfg);
-  if (!err.empty()) {
-    std::fprintf(stderr, "loadgen: %s\n%s", err.c_str(), kUsage);
-    return 2;
+  if (std::string err = parse_args(argc, argv, cfg, help); help || !err.empty()) {
+    if (!help) std::fprintf(stderr, "loadgen: %s\n", err.c_str());
+    std::fputs(kUsage, help ? stdout : stderr);
+    return help ? 0 : 2;
   }
   cfg.request = "GET " + cfg.path + " HTTP/1.1\r\nHost: " + cfg.authority +
                 "\r\nUser-Agent: endless-loadgen\r\nAccept: */*\r\n" +
                 (cfg.close_mode ? "Connection: close\r\n" : "") + "\r\n";
   // One descriptor per connection, one epoll per thread, stdio, the JSON file and some slack.
-  err = raise_fd_limit(static_cast<std::uint64_t>(cfg.connections) + cfg.threads + 16);
-  if (!err.empty()) {
-    std::fprintf(stderr, "loadgen: %s\n", err.c_str());
-    return 2;
-  }
+  std::string err = raise_fd_limit(static_cast<std::uint64_t>(cfg.connections) + cfg.threads + 16);
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;
@@ -1189,50 +1013,45 @@ int main(int argc, char** argv) {
   shared_state shared;
   std::vector<std::unique_ptr<worker>> workers;
   std::random_device seed_source;
-  std::uint32_t next_id = 0;
   auto per = static_cast<std::uint32_t>(cfg.connections / cfg.threads);
   auto extra = static_cast<std::uint32_t>(cfg.connections % cfg.threads);
-  for (std::uint32_t t = 0; t < static_cast<std::uint32_t>(cfg.threads); ++t) {
+  for (std::uint32_t t = 0, next_id = 0; err.empty() && t < std::uint32_t(cfg.threads); ++t) {
     std::uint32_t share = per + (t < extra ? 1 : 0);
     workers.push_back(std::make_unique<worker>(cfg, shared, next_id, share, seed_source()));
     next_id += share;
-    if (err = workers.back()->open(); !err.empty()) {
-      std::fprintf(stderr, "loadgen: %s\n", err.c_str());
-      return 2;
-    }
+    err = workers.back()->open();
   }
-
-  shared.start = clock_type::now();
   std::vector<std::thread> threads;
+  shared.start = clock_type::now();
   try {
-    for (auto& w : workers)
-      threads.emplace_back([&w] { w->run(); });
+    for (std::size_t t = 0; err.empty() && t < workers.size(); ++t)
+      threads.emplace_back([w = workers[t].get()] { w->run(); });
   } catch (const std::system_error& e) {
-    g_interrupted.store(true);  // the started workers drain and stop
-    for (std::thread& t : threads)
-      t.join();
-    std::fprintf(stderr, "loadgen: can't start threads: %s\n", e.what());
-    return 2;
+    err = std::string("can't start a thread: ") + e.what();
+    g_interrupted.store(true);  // the workers already running drain and stop
   }
   for (std::thread& t : threads)
     t.join();
+  if (!err.empty()) {
+    std::fprintf(stderr, "loadgen: %s\n", err.c_str());
+    return 2;
+  }
   double elapsed_s = std::chrono::duration<double>(clock_type::now() - shared.start).count();
 
   stats total;
   for (auto& w : workers)
     total.merge(w->result());
-  print_summary(total, elapsed_s, cfg.show_pids);
+  summary r = summarize(total, elapsed_s);
+  print_summary(total, r, cfg.show_pids);
   std::fflush(stdout);
-  int logged = shared.logged.load();
-  if (total.failed() > static_cast<std::uint64_t>(logged) && logged >= kLoggedFailures) {
-    std::fprintf(stderr, "loadgen: %llu failures, the first %d described above\n",
-                 ull(total.failed()), kLoggedFailures);
-  }
+  if (int logged = shared.logged.load(); r.failed > std::uint64_t(logged) && logged > 0)
+    std::fprintf(stderr, "loadgen: %llu failures, the first %d described above\n", ull(r.failed),
+                 logged);
   if (!cfg.json_path.empty()) {
-    if (err = write_json(cfg.json_path, total, elapsed_s); !err.empty()) {
+    if (err = write_json(cfg.json_path, total, r); !err.empty()) {
       std::fprintf(stderr, "loadgen: %s\n", err.c_str());
       return 2;
     }
   }
-  return total.failed() == 0 ? 0 : 1;
+  return r.failed == 0 ? 0 : 1;
 }

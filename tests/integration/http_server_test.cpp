@@ -6,7 +6,10 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <sys/wait.h>
+
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include "fixture.hpp"
@@ -278,6 +281,39 @@ TEST_F(http_server_test, several_servers_from_one_binary_upgrade_together) {
     EXPECT_EQ(http_get(p, "/pid").x_pid, next) << "port " << p;
   EXPECT_EQ(logged_ports(log, next), ports);
 }
+
+// Restarts under load from a client that never retries: keep-alive and Connection: close.
+class restart_under_load : public http_server_test,
+                           public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(restart_under_load, loses_no_request) {
+  pid_t pid = start({"--addr", "127.0.0.1:0"}, {}, HELLO_PATH);
+  std::string json = dir / "load.json";
+  processes::spec s;
+  s.argv = {LOADGEN_PATH, "--url", "http://127.0.0.1:" + std::to_string(port) + "/",
+            "--connections", "200", "--duration", "6", "--mode", GetParam(), "--pids",
+            "--json", json};
+  s.log = dir / "loadgen.log";
+  pid_t load = procs.start(s);
+  std::set<pid_t> pids = {pid};
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(1s);  // load keeps running between restarts
+    pid = upgrade(pid);
+    ASSERT_GT(pid, 0);
+    pids.insert(pid);
+  }
+  int status = 0;
+  ASSERT_TRUE(procs.wait_gone(load, 60s, &status));
+  std::string report = read_file(dir / "loadgen.log");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << report << read_file(log);
+  EXPECT_NE(report.find(" failed 0 "), std::string::npos) << report;
+  for (pid_t p : pids) {
+    EXPECT_NE(report.find("pid " + std::to_string(p) + " "), std::string::npos)
+        << "no response from " << p << ":\n" << report;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(modes, restart_under_load, ::testing::Values("keepalive", "close"));
 
 }  // namespace
 }  // namespace endless::test
