@@ -1,58 +1,73 @@
 #!/usr/bin/env bash
-# The live demo: builds examples/hello_core, serves it on 127.0.0.1:${PORT:-8080}, keeps
-# clients hitting it, replaces the server three times with SIGHUP, and counts what failed.
+# The live demo: builds examples/hello and tools/loadgen, serves hello on 127.0.0.1:${PORT:-8080},
+# drives it with clients that never retry (keep-alive, ${CONNECTIONS:-200} connections), replaces
+# the server ${RESTARTS:-5} times with SIGHUP, and prints what happened to every request.
 # On a terminal it keeps serving afterwards so you can try it yourself; Ctrl-C stops it
-# gracefully. DEMO_ONCE=1 exits after the scripted part.
+# gracefully. DEMO_ONCE=1 exits after the scripted part; MODE=close uses Connection: close.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh g++ make cmake curl
 cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DENDLESS_BUILD_TESTS=OFF >/dev/null
-cmake --build build/demo -j "$(nproc)" --target hello_core >/dev/null
+cmake --build build/demo -j "$(nproc)" --target hello loadgen >/dev/null
 
 port="${PORT:-8080}"
+restarts="${RESTARTS:-5}"
+mode="${MODE:-keepalive}"
 work="$(mktemp -d)"
 pidfile="$work/hello.pid"
 url="http://127.0.0.1:$port"
+now_ms() { date +%s%3N; }
 cleanup() {
-  [ -n "${client:-}" ] && kill "$client" 2>/dev/null || true
+  [ -n "${load:-}" ] && kill "$load" 2>/dev/null || true
   if [ -s "$pidfile" ]; then kill -TERM "$(cat "$pidfile")" 2>/dev/null || true; fi
-  sleep 0.5
+  sleep 0.3
   rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
-echo "== starting build/demo/examples/hello_core on $url (log lines are the server's)"
-build/demo/examples/hello_core --addr "127.0.0.1:$port" --pidfile "$pidfile" &
+echo "== starting examples/hello on $url (the indented lines are the server's log)"
+build/demo/examples/hello --addr "127.0.0.1:$port" --pidfile "$pidfile" 2> >(sed 's/^/   /' >&2) &
 for _ in $(seq 100); do [ -s "$pidfile" ] && break; sleep 0.05; done
-[ -s "$pidfile" ] || { echo "the server did not start (port $port busy? try PORT=8081)"; exit 1; }
+[ -s "$pidfile" ] || { echo "hello did not start (port $port busy? try PORT=8081)"; exit 1; }
 
-# Clients that never retry: each request is a new curl, failures are counted.
-(
-  ok=0; failed=0
-  while :; do
-    if curl -fsS --max-time 5 "$url/pid" >/dev/null 2>>"$work/errors"; then ok=$((ok + 1)); else failed=$((failed + 1)); fi
-    echo "$ok $failed" >"$work/counts"
-  done
-) &
-client=$!
+duration=$((restarts * 2 + 2))
+echo "== load: tools/loadgen, $mode, ${CONNECTIONS:-200} connections, ${duration}s, no retries"
+start=$(now_ms)
+build/demo/tools/loadgen --url "$url/" --connections "${CONNECTIONS:-200}" --duration "$duration" \
+  --mode "$mode" --pids >"$work/load.txt" 2>"$work/load.err" &
+load=$!
 
+declare -a sent olds
 sleep 1
-for i in 1 2 3; do
+for i in $(seq "$restarts"); do
   old=$(cat "$pidfile")
-  echo "== restart $i: kill -HUP $old"
+  olds[$i]=$old
+  sent[$i]=$(( $(now_ms) - start ))
   kill -HUP "$old"
-  for _ in $(seq 200); do [ "$(cat "$pidfile")" != "$old" ] && break; sleep 0.05; done
-  echo "== now served by $(curl -fsS "$url/pid")"
-  sleep 1.5
+  for _ in $(seq 200); do [ "$(cat "$pidfile")" != "$old" ] && break; sleep 0.02; done
+  sleep 1.9
 done
-kill "$client"; wait "$client" 2>/dev/null || true; client=""
-read -r ok failed <"$work/counts"
-echo "== $ok requests during 3 restarts, $failed failed"
-[ "$failed" -eq 0 ] || { echo "errors:"; cat "$work/errors"; }
+wait "$load" && status=0 || status=$?
+load=""
+
+echo
+echo "== result"
+head -2 "$work/load.txt"
+echo
+printf '%-8s %-10s %-10s %s\n' restart old-pid new-pid "handover (SIGHUP -> first answer from the new pid)"
+for i in $(seq "$restarts"); do
+  # the pid that first answered after this restart's signal
+  read -r new first < <(awk -v t="${sent[$i]}" -v o="${olds[$i]}" \
+    '$1=="pid" && $2!=o && $6+0 >= t { print $2, $6; exit }' "$work/load.txt")
+  printf '%-8s %-10s %-10s %s ms\n' "$i" "${olds[$i]}" "${new:-?}" \
+    "$(awk -v a="${first:-0}" -v b="${sent[$i]}" 'BEGIN { printf "%.1f", a - b }')"
+done
+[ "$status" -eq 0 ] || { echo; echo "failures (first ones):"; head -5 "$work/load.err"; }
 
 if [ -t 0 ] && [ -z "${DEMO_ONCE:-}" ]; then
+  echo
   echo "== still serving: curl $url/   kill -HUP \$(cat $pidfile)   Ctrl-C to stop"
   while [ -s "$pidfile" ]; do sleep 1; done
 fi
-[ "$failed" -eq 0 ]
+exit "$status"
