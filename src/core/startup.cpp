@@ -4,10 +4,9 @@
 #include <limits.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <cstdlib>
-#include <fstream>
-#include <iterator>
 
 #include "endless/core/error.hpp"
 #include "protocol.hpp"
@@ -35,9 +34,21 @@ std::vector<std::string> split(std::string_view s, char sep) {
   return out;
 }
 
+// Plain read(): std::ifstream would pull iostreams and locales into every process at load
+// time (about 1 MiB of resident library pages).
 std::string read_file(const char* path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::string out;
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "detail.hpp"
+#include "endless/core/address.hpp"
 #include "server_impl.hpp"
 
 namespace endless::http {
@@ -133,6 +134,12 @@ bool flush_scratch(loop& l, connection& c, std::string& out) {
 // request it already sent does not turn our close into a reset that destroys the response
 // (RFC 9112 §9.6).
 void start_linger(loop& l, connection& c) {
+  if (c.client_close && !c.discarded && c.in.empty()) {
+    // The client asked for the close and sent nothing after its request (RFC 9112 §9.6
+    // forbids it to): no unread data, so a plain close sends a FIN, not a reset.
+    close_connection(l, c);
+    return;
+  }
   c.stage = connection::phase::lingering;
   ::shutdown(c.fd, SHUT_WR);
   timer_arm(l, c, timer_kind::linger);
@@ -165,6 +172,7 @@ void error_response(loop& l, connection& c, std::string& out, const h1::error& e
   append_number(out, body.size());
   out.append("\r\nConnection: close\r\n\r\n").append(body);
   c.closing = true;
+  c.discarded = true;  // what follows a bad request is unread: linger
   (void)l;
 }
 
@@ -243,6 +251,7 @@ bool dispatch(loop& l, connection& c, const h1::request_head& head, std::string_
   detail::access::set(s.req, head.method, head.target, path, query, head.headers.data(),
                       head.headers.size(), head.version_minor, body, c.remote);
   bool keep = head.keep_alive && !l.srv->draining.load(std::memory_order_relaxed);
+  if (!head.keep_alive) c.client_close = true;
   bool head_only = head.method == "HEAD";
   conn_sink sink(l, c, out);
   detail::access::reset(s.res, head_only, !keep, http_date(s), &sink);
@@ -308,12 +317,15 @@ bool process(loop& l, connection& c, std::string_view data, std::size_t& consume
       if (rest.empty() || rest == "\r") break;
       c.active = true;
       l.srv->state_changed(c, conn_state::active);
-      timer_arm(l, c, timer_kind::header);
     }
     h1::error err;
     if (c.head_length == 0) {
       auto r = h1::find_head_end(rest, c.scan, c.head_length, lim, err);
-      if (r == h1::result::incomplete) break;
+      if (r == h1::result::incomplete) {
+        // Armed once per request, at its first partial head: more bytes never extend it.
+        if (c.timer != timer_kind::header) timer_arm(l, c, timer_kind::header);
+        break;
+      }
       if (r == h1::result::bad) {
         error_response(l, c, out, err);
         pos = data.size();
@@ -379,6 +391,7 @@ bool process(loop& l, connection& c, std::string_view data, std::size_t& consume
     }
     c.last_active_ms = l.now_ms;
   }
+  if (c.closing && pos < data.size()) c.discarded = true;
   consumed = c.closing ? data.size() : pos;
   return true;
 }
@@ -451,7 +464,7 @@ bool read_and_process(loop& l, connection& c, bool peer_closed) {
       connection* cp = &c;  // fairness: let other connections run, then continue
       l.post([&l, cp] {
         std::lock_guard lock(l.conns_mu);
-        if (l.conns.count(cp)) l.post([&l, cp] { on_io(l, *cp, EPOLLIN); });
+        if (l.contains(cp)) l.post([&l, cp] { on_io(l, *cp, EPOLLIN); });
       });
     }
   }
@@ -467,18 +480,38 @@ std::int64_t coarse_now_ms() {
   return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-void on_accepted(loop& l, int fd, std::string remote) {
-  int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+namespace {
+
+// "127.0.0.1:53412" fits std::string's small buffer: no allocation per connection.
+void format_peer(std::string& out, const sockaddr_storage& ss, socklen_t len) {
+  if (ss.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(ss);
+    const auto* b = reinterpret_cast<const unsigned char*>(&in.sin_addr);
+    char buf[24];
+    char* p = buf;
+    for (int i = 0; i < 4; ++i) {
+      p = std::to_chars(p, buf + sizeof buf, b[i]).ptr;
+      *p++ = i < 3 ? '.' : ':';
+    }
+    p = std::to_chars(p, buf + sizeof buf, ntohs(in.sin_port)).ptr;
+    out.assign(buf, p);
+  } else if (ss.ss_family == AF_INET6) {
+    out = core::to_string(reinterpret_cast<const sockaddr*>(&ss), len);
+  }
+}
+
+}  // namespace
+
+void on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len) {
   auto* c = new connection;
   c->fd = fd;
   c->id = l.srv->next_conn_id.fetch_add(1, std::memory_order_relaxed);
   c->owner = &l;
-  c->remote = std::move(remote);
+  format_peer(c->remote, peer, len);
   c->last_active_ms = l.now_ms;
   {
     std::lock_guard lock(l.conns_mu);
-    l.conns.insert(c);
+    l.link(c);
   }
   ++l.conn_count;
   l.srv->state_changed(*c, conn_state::created);
@@ -511,7 +544,7 @@ bool on_io(loop& l, connection& c, std::uint32_t events) {
 void on_resume(loop& l, connection& c) {
   {
     std::lock_guard lock(l.conns_mu);
-    if (!l.conns.count(&c)) return;
+    if (!l.contains(&c)) return;
   }
   c.busy = false;
   if (!c.out.empty() && !flush_pending(l, c)) return;
@@ -547,7 +580,7 @@ void close_connection(loop& l, connection& c) {
   ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, c.fd, nullptr);
   {
     std::lock_guard lock(l.conns_mu);
-    l.conns.erase(&c);
+    l.unlink(&c);
   }
   ::close(c.fd);
   delete &c;  // never busy here: a busy connection gets no events, timers or closes
@@ -595,7 +628,7 @@ void begin_loop_drain(loop& l) {
   std::vector<connection*> idle_now;
   {
     std::lock_guard lock(l.conns_mu);
-    for (connection* c : l.conns) {
+    for (connection* c = l.conns; c; c = c->conn_next) {
       if (!c->busy && !c->active && c->out.empty() && c->stage == connection::phase::head) {
         idle_now.push_back(c);
       }
@@ -612,11 +645,16 @@ namespace detail {
 
 void write_head(std::string& out, const response& res, long long content_length, bool) {
   int status = res.status();
-  out.append("HTTP/1.1 ");
-  append_number(out, static_cast<std::size_t>(status));
-  out.push_back(' ');
-  out.append(reason_phrase(status));
-  out.append("\r\nDate: ").append(access::date(res));
+  if (status == 200) {
+    out.append("HTTP/1.1 200 OK\r\nDate: ");
+  } else {
+    out.append("HTTP/1.1 ");
+    append_number(out, static_cast<std::size_t>(status));
+    out.push_back(' ');
+    out.append(reason_phrase(status));
+    out.append("\r\nDate: ");
+  }
+  out.append(access::date(res));
   if (content_length >= 0) {
     out.append("\r\nContent-Length: ");
     append_number(out, static_cast<std::size_t>(content_length));

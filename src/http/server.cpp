@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -134,6 +135,22 @@ void server_state::log(std::string_view line) const {
 
 // ------------------------------------------------------------------ loops and threads
 
+void loop::link(connection* c) {
+  c->conn_next = conns;
+  c->conn_prev = nullptr;
+  if (conns) conns->conn_prev = c;
+  conns = c;
+  c->linked = true;
+}
+
+void loop::unlink(connection* c) {
+  if (!c->linked) return;
+  (c->conn_prev ? c->conn_prev->conn_next : conns) = c->conn_next;
+  if (c->conn_next) c->conn_next->conn_prev = c->conn_prev;
+  c->conn_prev = c->conn_next = nullptr;
+  c->linked = false;
+}
+
 void loop::post(std::function<void()> task) {
   {
     std::lock_guard lock(tasks_mu);
@@ -169,10 +186,7 @@ void accept_batch(loop& l) {
     int fd = ::accept4(l.listener.get(), reinterpret_cast<sockaddr*>(&ss), &len,
                        SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      std::string remote = ss.ss_family == AF_UNIX
-                               ? std::string()
-                               : core::to_string(reinterpret_cast<sockaddr*>(&ss), len);
-      on_accepted(l, fd, std::move(remote));
+      on_accepted(l, fd, ss, len);
       continue;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) return;
@@ -359,6 +373,11 @@ void server::impl::start(core::unique_fd listener) {
   // O_NONBLOCK is shared with the other process's copy of the socket; every server here
   // accepts non-blocking.
   ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
+  // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one call instead of
+  // one per connection. (Responses go out in one send; without it a response split over
+  // segments could wait for a delayed ACK.) Fails harmlessly on unix sockets.
+  int one = 1;
+  ::setsockopt(listener.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   for (auto& l : st.loops)
     spawn_loop_thread(*l, 0);
   st.monitor = std::thread([this] { monitor(st); });
@@ -402,7 +421,7 @@ void check_drained(loop& l) {
 void server::impl::hammer() noexcept {
   for (auto& l : st.loops) {
     std::lock_guard lock(l->conns_mu);
-    for (connection* c : l->conns)
+    for (connection* c = l->conns; c; c = c->conn_next)
       ::shutdown(c->fd, SHUT_RDWR);
   }
 }
@@ -433,11 +452,11 @@ server::impl::~impl() {
   }
   for (auto& l : st.loops) {
     std::lock_guard lock(l->conns_mu);
-    for (connection* c : l->conns) {
+    while (connection* c = l->conns) {
+      l->unlink(c);
       ::close(c->fd);
       delete c;
     }
-    l->conns.clear();
   }
 }
 

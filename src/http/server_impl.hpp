@@ -13,6 +13,7 @@
 #pragma once
 
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -21,7 +22,6 @@
 #include <functional>
 #include <mutex>
 #include <string>
-#include <unordered_set>
 #include <vector>
 
 #include "endless/core/unique_fd.hpp"
@@ -48,8 +48,10 @@ struct connection {
   bool closing = false;       // the last response is written; close (lingering) after it
   bool read_blocked = false;  // output is pending: stop reading until it drains
   bool sent_continue = false;
-  bool active = false;   // between the first byte of a request and its response
-  std::size_t scan = 0;  // find_head_end's resume point
+  bool active = false;        // between the first byte of a request and its response
+  bool client_close = false;  // the client asked for the close (Connection: close, HTTP/1.0)
+  bool discarded = false;     // bytes after the last request were dropped: linger
+  std::size_t scan = 0;       // find_head_end's resume point
   std::size_t head_length = 0;
   std::size_t body_consumed = 0;  // chunked: bytes of `in` after the head already decoded
   std::string in;                 // unparsed bytes carried between reads
@@ -57,6 +59,11 @@ struct connection {
   std::string body;               // decoded chunked body
   h1::chunked_decoder chunked;
   std::int64_t last_active_ms = 0;
+
+  // the loop's list of live connections (under loop::conns_mu)
+  connection* conn_prev = nullptr;
+  connection* conn_next = nullptr;
+  bool linked = false;
 
   // timer list links
   timer_kind timer = timer_kind::none;
@@ -101,9 +108,13 @@ struct loop {
   std::deque<std::function<void()>> tasks;
   void post(std::function<void()> task);
 
-  // Every live connection, for hammer() and stop() from other threads.
+  // Every live connection, for hammer() and stop() from other threads: an intrusive list,
+  // so accepting and closing allocate nothing.
   std::mutex conns_mu;
-  std::unordered_set<connection*> conns;
+  connection* conns = nullptr;
+  void link(connection* c);
+  void unlink(connection* c);
+  bool contains(connection* c) const { return c->linked && c->owner == this; }
 
   // Who owns the loop: (generation << 32) | (handler sequence << 1) | in_handler.
   // The owner publishes each handler call; the monitor takes the loop over (generation + 1)
@@ -144,7 +155,7 @@ struct server_state {
 };
 
 // http1_connection.cpp
-void on_accepted(loop& l, int fd, std::string remote);
+void on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len);
 // Handles readiness of `c`; returns false when this thread lost the loop (handed off).
 bool on_io(loop& l, connection& c, std::uint32_t events);
 void on_resume(loop& l, connection& c);

@@ -290,9 +290,18 @@ TEST_P(restart_under_load, loses_no_request) {
   pid_t pid = start({"--addr", "127.0.0.1:0"}, {}, HELLO_PATH);
   std::string json = dir / "load.json";
   processes::spec s;
-  s.argv = {LOADGEN_PATH, "--url", "http://127.0.0.1:" + std::to_string(port) + "/",
-            "--connections", "200", "--duration", "6", "--mode", GetParam(), "--pids",
-            "--json", json};
+  s.argv = {LOADGEN_PATH,
+            "--url",
+            "http://127.0.0.1:" + std::to_string(port) + "/",
+            "--connections",
+            "200",
+            "--duration",
+            "6",
+            "--mode",
+            GetParam(),
+            "--pids",
+            "--json",
+            json};
   s.log = dir / "loadgen.log";
   pid_t load = procs.start(s);
   std::set<pid_t> pids = {pid};
@@ -309,7 +318,8 @@ TEST_P(restart_under_load, loses_no_request) {
   EXPECT_NE(report.find(" failed 0 "), std::string::npos) << report;
   for (pid_t p : pids) {
     EXPECT_NE(report.find("pid " + std::to_string(p) + " "), std::string::npos)
-        << "no response from " << p << ":\n" << report;
+        << "no response from " << p << ":\n"
+        << report;
   }
 }
 
