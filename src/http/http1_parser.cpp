@@ -159,7 +159,29 @@ result parse_head(std::string_view head, request_head& out, const limits& lim,
     if (out.headers.size() >= lim.max_headers) return fail(err, 431, "too many header fields");
     out.headers.push_back({name, value});
 
-    if (iequals(name, "content-length")) {
+    // The fields that shape the message, found by length first (most names are neither).
+    enum class special { none, length, coding, host, connection, expect } kind = special::none;
+    switch (name.size()) {
+      case 4:
+        kind = iequals(name, "host") ? special::host : special::none;
+        break;
+      case 6:
+        kind = iequals(name, "expect") ? special::expect : special::none;
+        break;
+      case 10:
+        kind = iequals(name, "connection") ? special::connection : special::none;
+        break;
+      case 14:
+        kind = iequals(name, "content-length") ? special::length : special::none;
+        break;
+      case 17:
+        kind = iequals(name, "transfer-encoding") ? special::coding : special::none;
+        break;
+      default:
+        break;
+    }
+    if (kind == special::none) continue;
+    if (kind == special::length) {
       bool bad = false;
       for_each_element(value, [&](std::string_view v) {
         std::uint64_t n = 0;
@@ -172,7 +194,7 @@ result parse_head(std::string_view head, request_head& out, const limits& lim,
         have_length = true;
       });
       if (bad || !have_length) return fail(err, 400, "invalid or conflicting Content-Length");
-    } else if (iequals(name, "transfer-encoding")) {
+    } else if (kind == special::coding) {
       have_te = true;
       for_each_element(value, [&](std::string_view coding) {
         chunked_last = iequals(coding, "chunked");
@@ -182,14 +204,14 @@ result parse_head(std::string_view head, request_head& out, const limits& lim,
           other_coding = true;
         }
       });
-    } else if (iequals(name, "host")) {
+    } else if (kind == special::host) {
       ++hosts;
-    } else if (iequals(name, "connection")) {
+    } else if (kind == special::connection) {
       for_each_element(value, [&](std::string_view opt) {
         if (iequals(opt, "close")) connection_close = true;
         if (iequals(opt, "keep-alive")) connection_keep_alive = true;
       });
-    } else if (iequals(name, "expect")) {
+    } else if (kind == special::expect) {
       if (iequals(value, "100-continue")) out.expect_continue = true;
     }
   }
