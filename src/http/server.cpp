@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -478,6 +479,12 @@ void split_addr(const std::string& addr, std::string& network, std::string& addr
 
 int serve(std::initializer_list<server*> servers) {
   if (servers.size() == 0) return 1;
+  // Every connection is an fd: raise the soft limit to the hard one, as Go's runtime does.
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   const server_options& first = (*servers.begin())->impl_->st.opts;
   core::options o;
   o.hammer_time = first.hammer_time;
