@@ -14,3 +14,5 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENDLESS_WERROR=ON \
   -DENDLESS_SANITIZE="$sanitize"
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j 2 --timeout 300
+# The parser's fuzz target, for a bounded time (scripts/fuzz.sh N runs it longer).
+if [ -z "$sanitize" ]; then scripts/fuzz.sh "${FUZZ_SECONDS:-30}"; fi

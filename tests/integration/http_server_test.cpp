@@ -207,6 +207,75 @@ TEST_F(http_server_test, idle_keep_alive_connection_is_closed_by_idle_timeout) {
   EXPECT_TRUE(r.closed) << "idle connection still open after 5 s";
 }
 
+TEST_F(http_server_test, a_client_that_does_not_read_is_closed_by_write_timeout) {
+  start_http({"--write-timeout-ms", "300"});
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int small = 4096;  // a small receive buffer, so the 32 MiB response backs up at once
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  in.sin_port = htons(static_cast<uint16_t>(port));
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  std::string req = "GET /big?kb=32768 HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  // Read nothing until the server has given up on us (its log says nothing; the socket
+  // does): then drain what was sent before the close.
+  ASSERT_TRUE(wait_until([&] { return http_get(port, "/pid").ok; }, 5s));
+  std::this_thread::sleep_for(1500ms);  // > write_timeout: the server must have closed by now
+  std::size_t got = 0;
+  bool eof = false;
+  for (int i = 0; i < 100000 && !eof; ++i) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 2000) != 1) break;
+    char buf[65536];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) {
+      eof = true;
+    } else {
+      got += static_cast<std::size_t>(n);
+    }
+  }
+  ::close(fd);
+  EXPECT_TRUE(eof) << "still open after write_timeout";
+  EXPECT_LT(got, 32u << 20) << "the whole response went out: the timeout never fired";
+}
+
+TEST_F(http_server_test, a_body_that_never_arrives_is_closed_by_read_timeout) {
+  start_http({"--read-timeout-ms", "300"});
+  auto r = raw_exchange(
+      port, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-this", 5000);
+  EXPECT_TRUE(r.closed) << "a request body short by 91 bytes kept the connection";
+  EXPECT_EQ(r.data, "") << "nothing is answered to an incomplete request";
+}
+
+TEST_F(http_server_test, connection_states_and_server_signal_hooks) {
+  pid_t pid = start_http({"--addr", "127.0.0.1:0", "--addr", "127.0.0.1:0", "--log-states", "1"});
+  auto r = raw_exchange(port,
+                        "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n"
+                        "Connection: close\r\n\r\n");
+  ASSERT_TRUE(r.closed);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, " closed") >= 1; }, 5s));
+  auto states = lines_with(log, "conn ");
+  ASSERT_GE(states.size(), 4u) << read_file(log);
+  std::string id = states[0].substr(0, states[0].rfind(' '));
+  std::vector<std::string> seen;
+  for (const auto& s : states) {
+    if (s.rfind(id + " ", 0) == 0) seen.push_back(s.substr(id.size() + 1));
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"created", "active", "active", "closed"}))
+      << "pipelined: active stays active; then closed" << read_file(log);
+
+  ::kill(pid, SIGUSR1);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "server hook post 1") == 1; }, 5s));
+  auto hooks = lines_with(log, "server hook");
+  ASSERT_EQ(hooks.size(), 4u) << read_file(log);
+  EXPECT_NE(hooks[0].find("pre 0"), std::string::npos);
+  EXPECT_NE(hooks[1].find("pre 1"), std::string::npos);
+  EXPECT_NE(hooks[2].find("post 0"), std::string::npos);
+  EXPECT_NE(hooks[3].find("post 1"), std::string::npos);
+}
+
 TEST_F(http_server_test, a_blocking_handler_does_not_delay_other_connections) {
   start_http({"--threads", "1"});
   // in_flight's constructor gets a second request answered while the first one sleeps.
@@ -280,6 +349,55 @@ TEST_F(http_server_test, several_servers_from_one_binary_upgrade_together) {
   for (int p : ports)
     EXPECT_EQ(http_get(p, "/pid").x_pid, next) << "port " << p;
   EXPECT_EQ(logged_ports(log, next), ports);
+}
+
+// Every example starts, answers, and restarts with zero downtime.
+TEST_F(http_server_test, examples_start_answer_and_restart) {
+  struct example {
+    const char* name;
+    std::vector<std::string> args;
+    const char* target;
+    const char* body;
+  };
+  std::vector<example> examples = {
+      {"router_app", {"127.0.0.1:0"}, "/items/7", "{\"id\":\"7\"}\n"},
+      {"signal_hooks", {"127.0.0.1:0"}, "/", "WORLD!\n"},
+      {"hammer_time", {"127.0.0.1:0"}, "/", "WORLD!\n"},
+      {"pid_file", {"127.0.0.1:0", dir / "example.pid"}, "/", nullptr},
+      {"two_ports", {"127.0.0.1:0", "127.0.0.1:0"}, "/", "WORLD from the first server\n"},
+  };
+  for (const auto& e : examples) {
+    std::string elog = dir / (std::string(e.name) + ".log");
+    processes::spec s;
+    s.argv = {std::string(EXAMPLES_DIR) + "/" + e.name};
+    s.argv.insert(s.argv.end(), e.args.begin(), e.args.end());
+    s.log = elog;
+    pid_t pid = procs.start(s);
+    int p = 0;
+    ASSERT_TRUE(wait_until([&] { return (p = logged_port(elog, pid)) > 0; }, 10s)) << e.name;
+    auto r = http_get(p, e.target);
+    ASSERT_TRUE(r.ok) << e.name << ": " << r.error;
+    if (e.body) {
+      EXPECT_EQ(r.body, e.body) << e.name;
+    }
+    ::kill(pid, SIGHUP);
+    pid_t next = 0;
+    ASSERT_TRUE(wait_until(
+        [&] {
+          auto lines = lines_with(elog, "is ready; handing over");
+          if (lines.empty()) return false;
+          next = std::atoi(lines[0].c_str() + lines[0].find("process ") + 8);
+          return true;
+        },
+        10s))
+        << e.name << read_file(elog);
+    procs.track(next);
+    EXPECT_TRUE(procs.wait_gone(pid, 10s)) << e.name;
+    EXPECT_TRUE(http_get(p, e.target).ok) << e.name << " after the restart";
+    ::kill(next, SIGTERM);
+    EXPECT_TRUE(procs.wait_gone(next, 10s)) << e.name;
+  }
+  EXPECT_EQ(count_lines(dir / "signal_hooks.log", "pre SIGHUP"), 1);
 }
 
 // Restarts under load from a client that never retries: keep-alive and Connection: close.

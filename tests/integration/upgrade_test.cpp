@@ -18,7 +18,8 @@ class upgrade_test : public core_fixture {
   // of a few samples.
   int settled_fds() {
     int least = 1 << 30;
-    for (int i = 0; i < 5; ++i) least = std::min(least, std::stoi(get_body("/fds")));
+    for (int i = 0; i < 5; ++i)
+      least = std::min(least, std::stoi(get_body("/fds")));
     return least;
   }
 };

@@ -1,0 +1,22 @@
+// A router app with a slow route, like endless's "simple" example: restart it with
+// `kill -HUP` while `curl localhost:8080/ping?ms=3000` runs; the request completes.
+//   router_app [ADDR]   (default :8080)
+#include <thread>
+
+#include "endless/endless.hpp"
+
+int main(int argc, char** argv) {
+  using namespace endless::http;
+  router r;
+  r.use(access_log());
+  r.get("/", [](const request&, response& res) { res.text("WORLD!\n"); });
+  r.get("/ping", [](const request& req, response& res) {
+    int ms = std::stoi(req.query_value("ms").value_or("3000"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));  // blocks this request only
+    res.text("pong\n");
+  });
+  r.get("/items/{id}", [](const request& req, response& res) {
+    res.json("{\"id\":\"" + std::string(req.param("id")) + "\"}\n");
+  });
+  return listen_and_serve(argc > 1 ? argv[1] : ":8080", r);
+}
