@@ -80,7 +80,8 @@ void timer_arm(loop& l, connection& c, timer_kind k) {
 
 // ------------------------------------------------------------------ output
 
-void start_linger(loop& l, connection& c);
+// Ends a connection after its last response; false if that closed (and freed) it.
+bool start_linger(loop& l, connection& c);
 
 // Sends c.out; false if the connection was closed.
 bool flush_pending(loop& l, connection& c) {
@@ -101,14 +102,16 @@ bool flush_pending(loop& l, connection& c) {
   }
   std::string().swap(c.out);  // an idle connection keeps no buffer
   c.read_blocked = false;
-  if (c.closing && c.stage != connection::phase::lingering) start_linger(l, c);
-  return c.stage != connection::phase::closed;
+  if (c.closing && c.stage != connection::phase::lingering) return start_linger(l, c);
+  return true;
 }
 
 // Sends this thread's output for `c`; false if the connection was closed.
 bool flush_scratch(loop& l, connection& c, std::string& out) {
   if (out.empty()) {
-    if (c.closing && c.out.empty() && c.stage != connection::phase::lingering) start_linger(l, c);
+    if (c.closing && c.out.empty() && c.stage != connection::phase::lingering) {
+      return start_linger(l, c);
+    }
     return true;
   }
   if (c.out.empty()) {
@@ -133,16 +136,17 @@ bool flush_scratch(loop& l, connection& c, std::string& out) {
 // Closing after a response: half-close and read until the client closes too, so that a
 // request it already sent does not turn our close into a reset that destroys the response
 // (RFC 9112 §9.6).
-void start_linger(loop& l, connection& c) {
+bool start_linger(loop& l, connection& c) {
   if (c.client_close && !c.discarded && c.in.empty()) {
     // The client asked for the close and sent nothing after its request (RFC 9112 §9.6
     // forbids it to): no unread data, so a plain close sends a FIN, not a reset.
     close_connection(l, c);
-    return;
+    return false;
   }
   c.stage = connection::phase::lingering;
   ::shutdown(c.fd, SHUT_WR);
   timer_arm(l, c, timer_kind::linger);
+  return true;
 }
 
 void linger_read(loop& l, connection& c) {
@@ -549,7 +553,7 @@ void on_resume(loop& l, connection& c) {
   c.busy = false;
   if (!c.out.empty() && !flush_pending(l, c)) return;
   if (c.closing) {
-    if (c.out.empty() && c.stage != connection::phase::lingering) start_linger(l, c);
+    if (c.out.empty() && c.stage != connection::phase::lingering) (void)start_linger(l, c);
     return;
   }
   scratch& s = tls();
