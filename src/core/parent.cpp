@@ -108,9 +108,11 @@ void upgrader::impl::on_channel_readable() {
   log_pid("new process " + std::to_string(child) + " is ready; handing over.");
   auto waiting = std::move(upgrade->waiting);
   upgrade.reset();  // the child is on its own now; we never wait for it
-  for (auto& w : waiting)
-    w.set_value({});
+  // Drain first: whoever waits on upgrade() sees this process already draining.
   begin_drain(false);
+  for (auto& w : waiting) {
+    w.set_value({});
+  }
 }
 
 void upgrader::impl::on_child_exited() {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <map>
 #include <mutex>
 
 #include "endless/core/address.hpp"
@@ -141,6 +142,7 @@ struct registry::entry {
 struct registry::impl {
   mutable std::mutex mu;
   std::vector<entry> entries;
+  std::map<std::string, int> any_port_calls;
 
   entry* find_locked(std::string_view name) {
     auto it = std::find_if(entries.begin(), entries.end(),
@@ -192,6 +194,12 @@ unique_fd registry::listen(std::string_view network, std::string_view address, s
     return {};
   }
   std::lock_guard lock(impl_->mu);
+  if (ep.any_port) {
+    // Each listen() on port 0 is a socket of its own ("any port" twice is two ports). The
+    // new process makes the same calls in the same order, so "#N" names match up again.
+    int nth = ++impl_->any_port_calls[ep.name];
+    if (nth > 1) ep.name += "#" + std::to_string(nth);
+  }
   entry* e = impl_->find_locked(ep.name);
   if (!e && !ep.any_port) {
     // systemd names its sockets after units; match those by address instead.

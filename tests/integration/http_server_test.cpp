@@ -344,6 +344,7 @@ TEST_F(http_server_test, several_servers_from_one_binary_upgrade_together) {
   pid_t old = start_http({"--addr", "127.0.0.1:0", "--addr", "127.0.0.1:0"});
   auto ports = logged_ports(log, old);
   ASSERT_EQ(ports.size(), 2u) << read_file(log);
+  EXPECT_NE(ports[0], ports[1]) << "two servers on port 0 got one socket";
   pid_t next = upgrade(old);
   ASSERT_TRUE(procs.wait_gone(old, 10s));
   for (int p : ports)

@@ -88,7 +88,8 @@ class upgrader {
   void ready();
   void ready(std::error_code& ec) noexcept;
 
-  // Starts an upgrade, as SIGHUP does. The future holds {} once the new process is ready,
+  // Starts an upgrade, as SIGHUP does. The future holds {} once the new process is ready
+  // and this one has begun draining,
   // or why it failed (errc::child_exited, ready_timeout, exec_failed, already_upgrading,
   // draining, not_ready).
   std::future<std::error_code> upgrade();

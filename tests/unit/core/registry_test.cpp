@@ -47,17 +47,39 @@ int listening_tcp(int port = 0) {
   return fd;
 }
 
-TEST(registry, fresh_listener_and_second_listen_share_the_socket) {
+TEST(registry, second_listen_on_an_address_shares_the_socket) {
   registry reg({});
-  unique_fd a = reg.listen("tcp", "127.0.0.1:0");
+  unique_fd probe = reg.listen("tcp", "127.0.0.1:0");
+  std::string addr = "127.0.0.1:" + std::to_string(port_of(probe.get()));
+  registry reg2({});
+  probe.reset();
+  reg.close_all(true);
+  unique_fd a = reg2.listen("tcp", addr);
   ASSERT_TRUE(a);
   EXPECT_TRUE(is_listening(a.get()));
-  EXPECT_GT(port_of(a.get()), 0);
-  unique_fd b = reg.listen("tcp", "127.0.0.1:0");
+  unique_fd b = reg2.listen("tcp", addr);
   EXPECT_EQ(inode(a.get()), inode(b.get()));
   EXPECT_NE(a.get(), b.get()) << "each caller owns its own copy";
-  ASSERT_EQ(reg.handover().size(), 1u);
-  EXPECT_EQ(reg.handover()[0].name, "tcp:127.0.0.1:0");
+  ASSERT_EQ(reg2.handover().size(), 1u);
+  EXPECT_EQ(reg2.handover()[0].name, "tcp:" + addr);
+}
+
+TEST(registry, each_listen_on_port_zero_is_its_own_socket) {
+  registry reg({});
+  unique_fd a = reg.listen("tcp", "127.0.0.1:0");
+  unique_fd b = reg.listen("tcp", "127.0.0.1:0");
+  EXPECT_NE(port_of(a.get()), port_of(b.get()));
+  auto fds = reg.handover();
+  ASSERT_EQ(fds.size(), 2u);
+  EXPECT_EQ(fds[0].name, "tcp:127.0.0.1:0");
+  EXPECT_EQ(fds[1].name, "tcp:127.0.0.1:0#2");
+  // The next process makes the same calls in the same order and gets the same sockets.
+  registry next(
+      {{fds[0].name, fds[0].fd.release(), false}, {fds[1].name, fds[1].fd.release(), false}}, true);
+  unique_fd a2 = next.listen("tcp", "127.0.0.1:0");
+  unique_fd b2 = next.listen("tcp", "127.0.0.1:0");
+  EXPECT_EQ(inode(a2.get()), inode(a.get()));
+  EXPECT_EQ(inode(b2.get()), inode(b.get()));
 }
 
 TEST(registry, ipv6_and_dual_stack_listeners) {
