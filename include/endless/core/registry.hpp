@@ -7,8 +7,10 @@
 // passed along too with `add()` and picked up again with `take()`.
 //
 // Names default to "<network>:<address as given>", e.g. "tcp:127.0.0.1:8080" or
-// "unix:/run/app.sock". Sockets from systemd socket activation carry systemd's names; they
-// are matched by address when no name matches.
+// "unix:/run/app.sock". Listening twice on one address shares the socket; on port 0 each
+// call gets its own ("tcp:127.0.0.1:0", then "...:0#2"), matched again by call order.
+// Sockets from systemd socket activation carry systemd's names; they are matched by address
+// when no name matches.
 //
 // The socket is created blocking; O_NONBLOCK lives on the open file description, which the
 // old and new process share, so a server that sets it sets it for both (all servers here do).
