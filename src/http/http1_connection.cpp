@@ -23,6 +23,7 @@ namespace endless::http {
 namespace {
 
 constexpr std::size_t kReadSize = 64 << 10;
+constexpr std::size_t kMaxQueuedOutput = 1 << 20;
 
 struct scratch {
   char in[kReadSize];
@@ -264,13 +265,13 @@ bool dispatch(loop& l, connection& c, const h1::request_head& head, std::string_
   timer_unlink(l, c);
   bool owner = run_handler(l, s.req, s.res);
   response& res = s.res;
-  // The drain may have begun while the handler ran: this response ends keep-alive too.
-  if (l.srv->draining.load(std::memory_order_relaxed)) detail::access::set_close(res);
   if (!detail::access::ok(res) && !res.streaming()) {
     // A handler that threw: 500, and the connection goes on.
     detail::access::reset(res, head_only, !keep, http_date(s), &sink);
     res.status(500).text("500 internal server error\n");
   }
+  // The drain may have begun while the handler ran: this response ends keep-alive too.
+  if (l.srv->draining.load(std::memory_order_relaxed)) detail::access::set_close(res);
   if (res.streaming()) {
     if (detail::access::chunked(res) && detail::access::ok(res)) {
       if (!head_only) out.append("0\r\n\r\n");
@@ -308,7 +309,9 @@ bool process(loop& l, connection& c, std::string_view data, std::size_t& consume
   lim.max_header_bytes = o.max_header_bytes;
   std::size_t pos = 0;
   scratch& s = tls();
-  while (pos < data.size() && !c.closing) {
+  // Bounded: a burst of pipelined requests with large responses must not build unbounded
+  // output; the rest waits in c.in until the output has drained.
+  while (pos < data.size() && !c.closing && out.size() + c.out.size() < kMaxQueuedOutput) {
     std::string_view rest = data.substr(pos);
     if (!c.active) {
       // RFC 9112 §2.2: ignore empty lines before a request-line.
@@ -400,15 +403,37 @@ bool process(loop& l, connection& c, std::string_view data, std::size_t& consume
   return true;
 }
 
-// After process(): keep the unparsed rest, arm the right timer.
+// The timer a connection waits under now that it has nothing to send: idle between
+// requests, or the head/body timer of the request it is reading.
 void settle(loop& l, connection& c) {
   if (c.stage == connection::phase::lingering || c.stage == connection::phase::closed) return;
   if (!c.out.empty()) return;  // the write timer is armed
-  if (!c.active) {
-    if (c.in.empty()) std::string().swap(c.in);
-    l.srv->state_changed(c, conn_state::idle);
-    timer_arm(l, c, timer_kind::idle);
+  if (c.active) {
+    timer_kind k = c.stage == connection::phase::body ? timer_kind::body : timer_kind::header;
+    if (c.timer != k) timer_arm(l, c, k);
+    return;
   }
+  if (c.in.empty()) std::string().swap(c.in);
+  l.srv->state_changed(c, conn_state::idle);
+  timer_arm(l, c, timer_kind::idle);
+}
+
+// Posts fn(c) to the loop. The connection is not freed until the task ran; if it was
+// closed meanwhile the task does nothing.
+void post_for(loop& l, connection& c, void (*fn)(loop&, connection&)) {
+  ++c.refs;
+  connection* cp = &c;
+  l.post([&l, cp, fn] {
+    --cp->refs;
+    if (cp->stage != connection::phase::closed) fn(l, *cp);
+  });
+}
+
+void resume_task(loop& l, connection& c) {
+  on_resume(l, c);
+}
+void read_task(loop& l, connection& c) {
+  (void)on_io(l, c, EPOLLIN);
 }
 
 // This thread lost the loop inside a handler: leave everything in the connection and let
@@ -417,8 +442,31 @@ void hand_back(loop& l, connection& c, std::string_view rest, std::string& out) 
   c.in.assign(rest);
   c.out.append(out);
   out.clear();
-  connection* cp = &c;
-  l.post([&l, cp] { on_resume(l, *cp); });
+  post_for(l, c, resume_task);
+}
+
+// Serves the complete requests already in c.in (held back while output was queued, or left
+// by a handed-off thread). Returns false when this thread lost the loop.
+bool serve_buffered(loop& l, connection& c) {
+  scratch& s = tls();
+  for (int round = 0; round < 64; ++round) {
+    if (c.in.empty() || c.read_blocked || c.closing || c.stage == connection::phase::closed) {
+      return true;
+    }
+    std::string data = std::move(c.in);
+    c.in.clear();
+    std::size_t consumed = 0;
+    bool owner = process(l, c, data, consumed, s.out);
+    if (!owner) {
+      hand_back(l, c, std::string_view(data).substr(consumed), s.out);
+      return false;
+    }
+    c.in.assign(data, consumed, std::string::npos);
+    if (!flush_scratch(l, c, s.out)) return true;
+    if (consumed == 0) return true;  // only a partial request is left
+  }
+  post_for(l, c, read_task);  // fairness: other connections first, then the rest
+  return true;
 }
 
 bool read_and_process(loop& l, connection& c, bool peer_closed) {
@@ -438,7 +486,15 @@ bool read_and_process(loop& l, connection& c, bool peer_closed) {
       data = c.in;
     }
     if (n == 0) {
-      close_connection(l, c);  // the client closed (a partial request is dropped)
+      // The client half-closed. What it is still owed goes out first (a client that sends a
+      // request and then shuts its side down waits for the answer); a partial request is
+      // dropped.
+      if (!c.out.empty()) {
+        c.closing = true;
+        c.client_close = true;
+        return true;
+      }
+      close_connection(l, c);
       return true;
     }
     if (n < 0) {
@@ -461,16 +517,13 @@ bool read_and_process(loop& l, connection& c, bool peer_closed) {
     }
     if (!flush_scratch(l, c, s.out)) return true;
     if (c.closing || c.read_blocked) break;
+    // process() stops at kMaxQueuedOutput: serve what it left before reading more.
+    if (!serve_buffered(l, c)) return false;
+    if (c.closing || c.read_blocked || c.stage == connection::phase::closed) break;
     // A short read emptied the socket; with edge triggering a later arrival is a new event.
     // Not so for a FIN that came with the data: read on to see it.
     if (static_cast<std::size_t>(n) < kReadSize && !peer_closed) break;
-    if (round == 15) {
-      connection* cp = &c;  // fairness: let other connections run, then continue
-      l.post([&l, cp] {
-        std::lock_guard lock(l.conns_mu);
-        if (l.contains(cp)) l.post([&l, cp] { on_io(l, *cp, EPOLLIN); });
-      });
-    }
+    if (round == 15) post_for(l, c, read_task);  // fairness: let other connections run
   }
   settle(l, c);
   return true;
@@ -535,41 +588,34 @@ bool on_io(loop& l, connection& c, std::uint32_t events) {
     close_connection(l, c);
     return true;
   }
+  bool was_blocked = c.read_blocked;
   if (!c.out.empty() && !flush_pending(l, c)) return true;
   if (c.stage == connection::phase::lingering) {
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) linger_read(l, c);
     return true;
   }
-  if (c.read_blocked || c.closing) return true;
-  if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))) return true;
+  if (c.stage == connection::phase::closed || c.read_blocked || c.closing) return true;
+  // Output drained: requests held back meanwhile come first, and data that arrived while we
+  // were not reading raised no edge of its own, so read even without EPOLLIN.
+  if (!serve_buffered(l, c)) return false;
+  if (c.stage == connection::phase::closed || c.read_blocked || c.closing) return true;
+  // Writable, with nothing that was waiting for it: nothing to do (a fresh connection keeps
+  // its header timer).
+  if (!was_blocked && !(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))) return true;
   return read_and_process(l, c, events & (EPOLLRDHUP | EPOLLHUP));
 }
 
 void on_resume(loop& l, connection& c) {
-  {
-    std::lock_guard lock(l.conns_mu);
-    if (!l.contains(&c)) return;
-  }
   c.busy = false;
   if (!c.out.empty() && !flush_pending(l, c)) return;
+  if (c.stage == connection::phase::closed) return;
   if (c.closing) {
     if (c.out.empty() && c.stage != connection::phase::lingering) (void)start_linger(l, c);
     return;
   }
-  scratch& s = tls();
-  if (!c.in.empty()) {
-    std::string data = std::move(c.in);
-    c.in.clear();
-    std::size_t consumed = 0;
-    bool owner = process(l, c, data, consumed, s.out);
-    if (!owner) {
-      hand_back(l, c, std::string_view(data).substr(consumed), s.out);
-      return;
-    }
-    c.in.assign(data, consumed, std::string::npos);
-    if (!flush_scratch(l, c, s.out)) return;
-    if (c.closing || c.read_blocked) return;
-  }
+  if (c.read_blocked) return;  // the rest waits for EPOLLOUT
+  if (!serve_buffered(l, c)) return;
+  if (c.stage == connection::phase::closed || c.read_blocked || c.closing) return;
   // Whatever arrived while the handler ran raised no new edge for us: read now.
   (void)read_and_process(l, c, false);
 }
@@ -587,7 +633,10 @@ void close_connection(loop& l, connection& c) {
     l.unlink(&c);
   }
   ::close(c.fd);
-  delete &c;  // never busy here: a busy connection gets no events, timers or closes
+  c.fd = -1;
+  // Freed by loop::sweep() after this batch: later events of the batch, or posted tasks,
+  // may still point here and find it closed.
+  l.graveyard.push_back(&c);
   --l.conn_count;
   check_drained(l);
 }

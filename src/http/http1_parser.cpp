@@ -259,8 +259,12 @@ result chunked_decoder::feed(std::string_view in, size_t& consumed, std::string&
           break;
         }
         if (digits_ == 0) return done(fail(err, 400, "invalid chunk size"));
-        if (c == ';' || c == ' ' || c == '\t') {
+        if (c == ';') {
           state_ = state::ext;
+          ++i;
+        } else if (c == ' ' || c == '\t') {
+          state_ = state::size_bws;  // RFC 9112 §7.1.1: BWS, then only ';' may follow
+          ++i;
         } else if (c == '\r') {
           state_ = state::size_lf;
           ++i;
@@ -269,6 +273,17 @@ result chunked_decoder::feed(std::string_view in, size_t& consumed, std::string&
         }
         break;
       }
+      case state::size_bws:
+        if (c == ';') {
+          state_ = state::ext;
+        } else if (c == '\r') {
+          state_ = state::size_lf;
+        } else if (c != ' ' && c != '\t') {
+          return done(fail(err, 400, "invalid chunk size"));
+        }
+        if (++trailer_bytes_ > kMaxTrailer) return done(fail(err, 400, "invalid chunk size"));
+        ++i;
+        break;
       case state::ext:  // chunk extensions are ignored, but bounded and free of CTLs
         if (c == '\r') {
           state_ = state::size_lf;

@@ -77,7 +77,7 @@ class chunked_decoder {
   void reset() noexcept { *this = chunked_decoder(); }
 
  private:
-  enum class state : std::uint8_t { size, ext, size_lf, data, data_cr, data_lf, trailer };
+  enum class state : std::uint8_t { size, size_bws, ext, size_lf, data, data_cr, data_lf, trailer };
   state state_ = state::size;
   std::uint64_t remaining_ = 0;
   int digits_ = 0;

@@ -26,7 +26,10 @@ server_options& defaults() {
 }
 
 struct server::impl final : core::drainable {
-  server_state st;
+  // On the heap so that it can outlive the server when a handler thread is still running
+  // at exit (see ~impl).
+  std::unique_ptr<server_state> state = std::make_unique<server_state>();
+  server_state& st = *state;
 
   void start(core::unique_fd listener);
   void start_accepting();
@@ -152,6 +155,14 @@ void loop::unlink(connection* c) {
   c->linked = false;
 }
 
+void loop::sweep() {
+  std::erase_if(graveyard, [](connection* c) {
+    if (c->refs > 0) return false;
+    delete c;
+    return true;
+  });
+}
+
 void loop::post(std::function<void()> task) {
   {
     std::lock_guard lock(tasks_mu);
@@ -260,6 +271,9 @@ void monitor(server_state& st) {
         std::uint64_t next = ((v >> 32) + 1) << 32;
         if (l.ownership.compare_exchange_strong(v, next)) {
           spawn_loop_thread(l, next >> 32);
+          // Tasks queued behind the blocked one have no wake-up of their own left.
+          std::uint64_t one = 1;
+          (void)!::write(l.wake.get(), &one, sizeof one);
           v = next;
         }
       }
@@ -330,6 +344,7 @@ void run_loop(loop& l, std::uint64_t generation) {
         deadline < 0
             ? 1000
             : static_cast<int>(std::clamp<std::int64_t>(deadline - coarse_now_ms() + 1, 0, 1000));
+    l.sweep();  // the batch is done: nothing in it points to a closed connection any more
     int n = ::epoll_wait(l.epoll.get(), l.events, 256, timeout);
     l.now_ms = coarse_now_ms();
     l.event_count = n > 0 ? n : 0;
@@ -445,10 +460,9 @@ void server::impl::stop() {
 server::impl::~impl() {
   stop();
   if (st.live_threads.load() != 0) {
-    // A handler thread is still running and may touch its loop: leak the loops rather than
-    // free memory under it (the process is exiting anyway).
-    for (auto& l : st.loops)
-      (void)l.release();
+    // A handler thread is still running and will touch its loop and the server's state when
+    // it returns: leak them rather than free memory under it (the process is exiting).
+    (void)state.release();
     return;
   }
   for (auto& l : st.loops) {
@@ -458,6 +472,9 @@ server::impl::~impl() {
       ::close(c->fd);
       delete c;
     }
+    for (connection* c : l->graveyard)
+      delete c;
+    l->graveyard.clear();
   }
 }
 

@@ -60,6 +60,8 @@ struct connection {
   h1::chunked_decoder chunked;
   std::int64_t last_active_ms = 0;
 
+  int refs = 0;  // posted tasks that name this connection: it is not freed before they ran
+
   // the loop's list of live connections (under loop::conns_mu)
   connection* conn_prev = nullptr;
   connection* conn_next = nullptr;
@@ -107,6 +109,11 @@ struct loop {
   std::mutex tasks_mu;
   std::deque<std::function<void()>> tasks;
   void post(std::function<void()> task);
+
+  // Closed connections, freed at the end of the batch (and once no posted task names them):
+  // until then an event or a task that still points to one finds it marked closed.
+  std::vector<connection*> graveyard;
+  void sweep();
 
   // Every live connection, for hammer() and stop() from other threads: an intrusive list,
   // so accepting and closing allocate nothing.

@@ -276,6 +276,80 @@ TEST_F(http_server_test, connection_states_and_server_signal_hooks) {
   EXPECT_NE(hooks[3].find("post 1"), std::string::npos);
 }
 
+TEST_F(http_server_test, pipelined_requests_behind_a_handed_off_handler_keep_their_order) {
+  pid_t pid = start_http({"--threads", "1"});
+  // The first handler blocks long enough for the loop to be handed to a new thread; the
+  // requests pipelined behind it are served after it, in order, by the new owner.
+  auto r = raw_exchange(port,
+                        "GET /sleep?ms=200 HTTP/1.1\r\nHost: x\r\n\r\n"
+                        "GET /pid HTTP/1.1\r\nHost: x\r\n\r\n"
+                        "GET /sleep?ms=100 HTTP/1.1\r\nHost: x\r\n\r\n"
+                        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                        10000);
+  EXPECT_TRUE(r.closed);
+  ASSERT_EQ(count(r.data, "HTTP/1.1 200 OK"), 4) << r.data;
+  size_t a = r.data.find("slept"), b = r.data.find("\r\n\r\n" + std::to_string(pid));
+  size_t c = r.data.find("slept", a + 1), d = r.data.find("Hello Zero-Downtime!");
+  EXPECT_TRUE(a < b && b < c && c < d) << r.data;
+}
+
+TEST_F(http_server_test, a_half_closed_client_gets_its_whole_response) {
+  start_http({});
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  in.sin_port = htons(static_cast<uint16_t>(port));
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  std::string req = "GET /big?kb=8192 HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  ::shutdown(fd, SHUT_WR);  // as `nc -N` does: the request is all we send
+  std::size_t got = 0;
+  for (int i = 0; i < 100000; ++i) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 5000) != 1) break;
+    char buf[65536];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+    if (i == 0) std::this_thread::sleep_for(200ms);  // let the server's output back up
+  }
+  ::close(fd);
+  EXPECT_GT(got, 8u << 20) << "the response was cut short by the client's half-close";
+}
+
+TEST_F(http_server_test, a_connection_idle_after_a_large_response_is_still_timed_out) {
+  start_http({"--idle-timeout-ms", "300"});
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int small = 4096;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  in.sin_port = htons(static_cast<uint16_t>(port));
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  std::string req = "GET /big?kb=4096 HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  std::this_thread::sleep_for(100ms);  // the server's send backs up: its output is queued
+  std::size_t got = 0;
+  bool eof = false;
+  const std::size_t whole = (4096u << 10) + 100;  // body plus a head of well under 100 bytes
+  for (int i = 0; i < 200000 && !eof; ++i) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 5000) != 1) break;
+    char buf[65536];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) {
+      eof = true;
+    } else {
+      got += static_cast<std::size_t>(n);
+    }
+  }
+  ::close(fd);
+  EXPECT_TRUE(eof) << "idle after its response, the connection was never timed out";
+  EXPECT_GT(got, whole - 100) << "the response itself was cut";
+}
+
 TEST_F(http_server_test, a_blocking_handler_does_not_delay_other_connections) {
   start_http({"--threads", "1"});
   // in_flight's constructor gets a second request answered while the first one sleeps.
@@ -303,7 +377,8 @@ TEST_F(http_server_test, upgrade_drains_keep_alive_connections_cleanly) {
   auto first = read_response(idle, 5000);
   ASSERT_TRUE(first.ok);
   EXPECT_EQ(first.connection, "");
-  in_flight slow(port, "/sleep?ms=1000", /*keep_alive=*/true);
+  // Long enough that the drain surely begins while it runs, even on a slow sanitizer build.
+  in_flight slow(port, "/sleep?ms=4000", /*keep_alive=*/true);
 
   pid_t next = upgrade(old);
   ASSERT_GT(next, 0);

@@ -187,7 +187,7 @@ std::string decode_all(std::string_view in, result& r, int& status, std::size_t 
 }
 
 TEST(chunked, decodes_in_any_split) {
-  std::string in = "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n";
+  std::string in = "5\r\nhello\r\n6 ;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n";
   for (std::size_t step : {1u, 2u, 3u, 7u, 1000u}) {
     result r;
     int status;
@@ -209,6 +209,7 @@ TEST(chunked, rejects_bad_framing) {
       {"0\r\nX: y\n\r\n", 400},           // bare LF in trailer
       {"0\r\n folded\r\n\r\n", 400},      // obs-fold in trailer
       {"5;a\x01\r\nhello\r\n0\r\n\r\n", 400},
+      {"5 6\r\nhello\r\n0\r\n\r\n", 400},  // BWS may only precede ';'
   };
   for (auto& c : cases) {
     result r;
