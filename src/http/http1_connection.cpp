@@ -300,6 +300,19 @@ void reset_request_state(connection& c) {
   c.active = false;
 }
 
+// The head is in, the body is not (all) here yet: answer Expect: 100-continue once
+// (RFC 9110 §10.1.1; chunked implies HTTP/1.1) and start the body timer.
+void await_body(loop& l, connection& c, const h1::request_head& head, std::string& out) {
+  if (head.expect_continue && !c.sent_continue && head.version_minor >= 1) {
+    out.append("HTTP/1.1 100 Continue\r\n\r\n");
+    c.sent_continue = true;
+  }
+  if (c.stage != connection::phase::body) {
+    c.stage = connection::phase::body;
+    timer_arm(l, c, timer_kind::body);
+  }
+}
+
 // Parses and serves every complete request in `data`; `consumed` says how much was used.
 // Returns false when this thread lost the loop (the rest is the caller's to keep).
 bool process(loop& l, connection& c, std::string_view data, std::size_t& consumed,
@@ -354,14 +367,7 @@ bool process(loop& l, connection& c, std::string_view data, std::size_t& consume
       }
       total += static_cast<std::size_t>(s.head.content_length);
       if (rest.size() < total) {
-        if (s.head.expect_continue && !c.sent_continue && s.head.version_minor >= 1) {
-          out.append("HTTP/1.1 100 Continue\r\n\r\n");
-          c.sent_continue = true;
-        }
-        if (c.stage != connection::phase::body) {
-          c.stage = connection::phase::body;
-          timer_arm(l, c, timer_kind::body);
-        }
+        await_body(l, c, s.head, out);
         break;
       }
       body = rest.substr(c.head_length, static_cast<std::size_t>(s.head.content_length));
@@ -376,14 +382,7 @@ bool process(loop& l, connection& c, std::string_view data, std::size_t& consume
         break;
       }
       if (r == h1::result::incomplete) {
-        if (s.head.expect_continue && !c.sent_continue) {
-          out.append("HTTP/1.1 100 Continue\r\n\r\n");
-          c.sent_continue = true;
-        }
-        if (c.stage != connection::phase::body) {
-          c.stage = connection::phase::body;
-          timer_arm(l, c, timer_kind::body);
-        }
+        await_body(l, c, s.head, out);
         break;
       }
       body = c.body;

@@ -177,12 +177,8 @@ TEST_F(http_server_test, http10_and_head) {
 
 TEST_F(http_server_test, slowloris_is_closed_by_read_header_timeout) {
   start_http({"--read-header-timeout-ms", "300"});
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  in.sin_port = htons(static_cast<uint16_t>(port));
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  int fd = connect_loopback(port);
+  ASSERT_GE(fd, 0);
   std::string head = "GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + std::string(100, 'a');
   bool closed = false;
   int sent = 0;
@@ -209,14 +205,9 @@ TEST_F(http_server_test, idle_keep_alive_connection_is_closed_by_idle_timeout) {
 
 TEST_F(http_server_test, a_client_that_does_not_read_is_closed_by_write_timeout) {
   start_http({"--write-timeout-ms", "300"});
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int small = 4096;  // a small receive buffer, so the 32 MiB response backs up at once
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  in.sin_port = htons(static_cast<uint16_t>(port));
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  // A small receive buffer, so the server's output backs up at once.
+  int fd = connect_loopback(port, 4096);
+  ASSERT_GE(fd, 0);
   std::string req = "GET /big?kb=32768 HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
   // Read nothing until the server has given up on us (its log says nothing; the socket
@@ -295,12 +286,8 @@ TEST_F(http_server_test, pipelined_requests_behind_a_handed_off_handler_keep_the
 
 TEST_F(http_server_test, a_half_closed_client_gets_its_whole_response) {
   start_http({});
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  in.sin_port = htons(static_cast<uint16_t>(port));
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  int fd = connect_loopback(port);
+  ASSERT_GE(fd, 0);
   std::string req = "GET /big?kb=8192 HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
   ::shutdown(fd, SHUT_WR);  // as `nc -N` does: the request is all we send
@@ -320,14 +307,9 @@ TEST_F(http_server_test, a_half_closed_client_gets_its_whole_response) {
 
 TEST_F(http_server_test, a_connection_idle_after_a_large_response_is_still_timed_out) {
   start_http({"--idle-timeout-ms", "300"});
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int small = 4096;
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  in.sin_port = htons(static_cast<uint16_t>(port));
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  // A small receive buffer, so the server's output backs up at once.
+  int fd = connect_loopback(port, 4096);
+  ASSERT_GE(fd, 0);
   std::string req = "GET /big?kb=4096 HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
   std::this_thread::sleep_for(100ms);  // the server's send backs up: its output is queued
@@ -366,12 +348,8 @@ TEST_F(http_server_test, a_blocking_handler_does_not_delay_other_connections) {
 TEST_F(http_server_test, upgrade_drains_keep_alive_connections_cleanly) {
   pid_t old = start_http({"--drain-grace-ms", "300"});
   // An idle keep-alive connection and a request in flight, both on the old process.
-  int idle = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  in.sin_port = htons(static_cast<uint16_t>(port));
-  ASSERT_EQ(::connect(idle, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  int idle = connect_loopback(port);
+  ASSERT_GE(idle, 0);
   std::string req = "GET /pid HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(::send(idle, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
   auto first = read_response(idle, 5000);

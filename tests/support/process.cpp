@@ -341,6 +341,17 @@ int logged_port(const std::string& log, pid_t pid) {
   return ports.empty() ? 0 : ports.front();
 }
 
+int connect_loopback(int port, int rcvbuf) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (rcvbuf > 0) ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  sockaddr_in in = loopback(port);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof in) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 raw_result raw_exchange(int port, std::string_view bytes, int timeout_ms) {
   raw_result r;
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -96,6 +96,10 @@ pid_t read_pid(const std::string& pidfile);
 int logged_port(const std::string& log, pid_t pid);
 std::vector<int> logged_ports(const std::string& log, pid_t pid);
 
+// A blocking TCP connection to 127.0.0.1:port (-1 if refused); `rcvbuf` > 0 sets SO_RCVBUF
+// first, to make a server's output back up early.
+int connect_loopback(int port, int rcvbuf = 0);
+
 // Connects, sends `bytes`, and reads until the server closes or `timeout_ms` passes.
 struct raw_result {
   std::string data;
