@@ -19,6 +19,19 @@ namespace {
 
 class http_server_test : public core_fixture {
  protected:
+  // Reads until EOF (or a reset), or until nothing arrives for `quiet_ms`; bounded.
+  static std::pair<std::size_t, bool> read_to_eof(int fd, int quiet_ms) {
+    std::size_t got = 0;
+    for (int i = 0; i < 1000000; ++i) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, quiet_ms) != 1) return {got, false};
+      char buf[65536];
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) return {got, true};
+      got += static_cast<std::size_t>(n);
+    }
+    return {got, false};
+  }
   pid_t start_http(std::vector<std::string> args) { return start(args, {}, HTTP_HELPER_PATH); }
   int count(const std::string& hay, const std::string& needle) {
     int n = 0;
@@ -214,19 +227,7 @@ TEST_F(http_server_test, a_client_that_does_not_read_is_closed_by_write_timeout)
   // does): then drain what was sent before the close.
   ASSERT_TRUE(wait_until([&] { return http_get(port, "/pid").ok; }, 5s));
   std::this_thread::sleep_for(1500ms);  // > write_timeout: the server must have closed by now
-  std::size_t got = 0;
-  bool eof = false;
-  for (int i = 0; i < 100000 && !eof; ++i) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 2000) != 1) break;
-    char buf[65536];
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) {
-      eof = true;
-    } else {
-      got += static_cast<std::size_t>(n);
-    }
-  }
+  auto [got, eof] = read_to_eof(fd, 2000);
   ::close(fd);
   EXPECT_TRUE(eof) << "still open after write_timeout";
   EXPECT_LT(got, 32u << 20) << "the whole response went out: the timeout never fired";
@@ -313,20 +314,8 @@ TEST_F(http_server_test, a_connection_idle_after_a_large_response_is_still_timed
   std::string req = "GET /big?kb=4096 HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
   std::this_thread::sleep_for(100ms);  // the server's send backs up: its output is queued
-  std::size_t got = 0;
-  bool eof = false;
   const std::size_t whole = (4096u << 10) + 100;  // body plus a head of well under 100 bytes
-  for (int i = 0; i < 200000 && !eof; ++i) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 5000) != 1) break;
-    char buf[65536];
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) {
-      eof = true;
-    } else {
-      got += static_cast<std::size_t>(n);
-    }
-  }
+  auto [got, eof] = read_to_eof(fd, 5000);
   ::close(fd);
   EXPECT_TRUE(eof) << "idle after its response, the connection was never timed out";
   EXPECT_GT(got, whole - 100) << "the response itself was cut";
