@@ -16,3 +16,8 @@ cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j 2 --timeout 300
 # The parser's fuzz target, for a bounded time (scripts/fuzz.sh N runs it longer).
 if [ -z "$sanitize" ]; then scripts/fuzz.sh "${FUZZ_SECONDS:-30}"; fi
+# The benchmarks, for seconds, so that they keep working (bench/run.sh for real figures).
+if [ -z "$sanitize" ]; then
+  scripts/deps.sh nginx wrk python3
+  bench/smoke.sh
+fi
