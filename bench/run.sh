@@ -4,7 +4,7 @@
 #
 #   bench/run.sh                                  # DURATION=10 s per run, ROUNDS=3
 #   DURATION=2 ROUNDS=1 bench/run.sh              # smoke run
-#   SERVERS="noop nginx" bench/run.sh             # a subset (default: noop nginx endless)
+#   SERVERS="noop nginx" bench/run.sh             # a subset (default: all six)
 #   OUT=/tmp/x.md bench/run.sh                    # write the table elsewhere
 #
 # Each measurement starts a fresh server pinned to core 1, waits until it answers, records
@@ -20,14 +20,16 @@ root=$PWD
 
 duration=${DURATION:-10}
 rounds=${ROUNDS:-3}
-read -r -a servers <<<"${SERVERS:-noop nginx endless}"
+read -r -a servers <<<"${SERVERS:-noop nginx endless h2o tableflip grace}"
 connections=64
 depth=16
 server_cpu=1
 client_cpu=0
 build=build/bench
-declare -A port=([noop]=18080 [nginx]=18081 [endless]=18082)
-declare -A label=([noop]="noop (ceiling)" [nginx]="nginx" [endless]="endless (hello)")
+declare -A port=([noop]=18080 [nginx]=18081 [endless]=18082 [h2o]=18083 [tableflip]=18084
+  [grace]=18085)
+declare -A label=([noop]="noop (ceiling)" [nginx]="nginx" [endless]="endless (hello)"
+  [h2o]="h2o (mruby /)" [tableflip]="Go tableflip" [grace]="Go grace")
 scenarios=(keep-alive close "pipelined-$depth")
 
 die() {
@@ -39,7 +41,7 @@ say() { echo "bench: $*" >&2; }
 [[ $duration =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a whole number of seconds"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive whole number"
 for s in "${servers[@]}"; do
-  [[ -n ${port[$s]:-} ]] || die "unknown server '$s' in SERVERS (known: noop nginx endless)"
+  [[ -n ${port[$s]:-} ]] || die "unknown server '$s' in SERVERS (known: ${!port[*]})"
 done
 (($(nproc) >= 2)) || die "needs 2 cores: the server runs on core $server_cpu, wrk on core $client_cpu"
 
@@ -112,6 +114,11 @@ command -v make >/dev/null || missing+=(make)
 command -v g++ >/dev/null || missing+=(g++)
 command -v taskset >/dev/null || missing+=(util-linux)
 if ((${#missing[@]})); then scripts/deps.sh "${missing[@]}"; fi
+# The peers: h2o from Debian, our Go servers on Debian's tableflip and grace packages.
+if [[ " ${servers[*]} " == *" h2o "* ]]; then scripts/deps.sh h2o; fi
+if [[ " ${servers[*]} " == *" tableflip "* || " ${servers[*]} " == *" grace "* ]]; then
+  bench/peers/build.sh >&2
+fi
 
 mkdir -p "$build"
 build_log="$build/bench-build.log"
@@ -195,6 +202,17 @@ server_argv() { # name -> argv array
     nginx) argv=(taskset -c "$server_cpu" nginx -p "$tmp/nginx/" -c "$nginx_conf"
       -e "$tmp/nginx/error.log") ;;
     endless) argv=(taskset -c "$server_cpu" "$hello_bin" --addr "127.0.0.1:$p" --threads 1) ;;
+    h2o)
+      mkdir -p "$tmp/h2o"
+      # As root, h2o drops to nobody before it writes its pid file and log.
+      chmod 755 "$tmp" && chmod 777 "$tmp/h2o"
+      sed -e "s|@PORT@|$p|g" -e "s|@DIR@|$tmp/h2o|g" bench/h2o.conf >"$tmp/h2o/h2o.conf"
+      [[ $(id -u) -eq 0 ]] || sed -i '/# root-only/d' "$tmp/h2o/h2o.conf"
+      argv=(taskset -c "$server_cpu" h2o -c "$tmp/h2o/h2o.conf")
+      ;;
+    tableflip | grace)
+      argv=(taskset -c "$server_cpu" "$build/peers/$1" --addr "127.0.0.1:$p" --pidfile "$tmp/$1.pid")
+      ;;
   esac
 }
 
@@ -336,7 +354,7 @@ if [[ -z ${OUT:-} && -e $out_file ]]; then out_file=bench/results/http1-$(date +
 
 table() {
   awk -F'\t' -v servers="${servers[*]}" -v scenarios="${scenarios[*]}" \
-    -v lnoop="${label[noop]}" -v lnginx="${label[nginx]}" -v lendless="${label[endless]}" '
+    -v labels="$(for s in "${!label[@]}"; do printf '%s=%s;' "$s" "${label[$s]}"; done)" '
     function median(key,   n, i, j, t, v) {
       n = split(vals[key], v, " ")
       for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
@@ -355,7 +373,8 @@ table() {
       errors[k] += $11; non2xx[k] += $12
     }
     END {
-      name["noop"] = lnoop; name["nginx"] = lnginx; name["endless"] = lendless
+      nl = split(labels, lv, ";")
+      for (i = 1; i <= nl; i++) if (lv[i] != "") { eq = index(lv[i], "="); name[substr(lv[i], 1, eq - 1)] = substr(lv[i], eq + 1) }
       print "| server | scenario | req/s | vs nginx | p50 | p99 | server CPU µs/req | vs noop | server core busy | idle RSS |"
       print "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"
       ns = split(servers, sv, " "); nc = split(scenarios, sc, " ")

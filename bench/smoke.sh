@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p build/bench
-DURATION=1 ROUNDS=1 OUT=build/bench/smoke.md bench/run.sh >/dev/null
+DURATION=1 ROUNDS=1 SERVERS="noop nginx endless" OUT=build/bench/smoke.md bench/run.sh >/dev/null
 grep -q "endless (hello) | pipelined-16" build/bench/smoke.md
 python3 bench/restart_metrics.py build/bench/examples/hello --restarts 2 --fd-restarts 4 \
   --port 18099 >build/bench/smoke-restart.md
