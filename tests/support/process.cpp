@@ -211,6 +211,25 @@ processes::~processes() {
     wait_gone(pid, 5s);
     ::close(pidfd);
   }
+  // Processes ours started that the test never learned of (a new process of an upgrade
+  // that failed half-way) were reparented to us, the subreaper: they are our children now.
+  for (int round = 0; round < 3; ++round) {
+    bool any = false;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+      std::string name = entry.path().filename();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::string stat = read_file("/proc/" + name + "/stat");
+      size_t paren = stat.rfind(')');
+      if (paren == std::string::npos) continue;
+      if (std::atoi(stat.c_str() + paren + 4) != ::getpid()) continue;  // field 4: ppid
+      pid_t child = std::atoi(name.c_str());
+      ::kill(child, SIGKILL);
+      int status = 0;
+      ::waitpid(child, &status, 0);
+      any = true;
+    }
+    if (!any) break;
+  }
 }
 
 void processes::track(pid_t pid) {
