@@ -28,10 +28,12 @@ def get(port, path="/", timeout=2.0):
 
 
 def read_pid(path):
+    # Servers that write in place end with a newline once complete; those that rename a
+    # finished file into place (tableflip) may have none.
     try:
         with open(path) as f:
-            text = f.read()
-        return int(text) if text.endswith("\n") else None
+            text = f.read().strip()
+        return int(text) if text.isdigit() else None
     except (OSError, ValueError):
         return None
 
@@ -118,6 +120,7 @@ def main():
                              stdout=log, stderr=log)
     pid = wait_for(lambda: read_pid(pidfile), 10)
     if not pid:
+        first.kill()
         sys.exit("server did not start")
     for _ in range(50):
         get(a.port)
