@@ -9,7 +9,7 @@ struct access {
   static std::vector<std::pair<std::string_view, std::string_view>>& params(const request& r) {
     return r.params_;
   }
-  static request& mut(request& r) { return r; }
+
   static void set(request& r, std::string_view method, std::string_view target,
                   std::string_view path, std::string_view query, const header* headers,
                   std::size_t count, int minor, std::string_view body, std::string_view remote) {
@@ -36,7 +36,7 @@ struct access {
     r.sink_ = sink;
     r.date_ = date;
   }
-  static response& fields(response& r) { return r; }
+
   static const std::string& headers(const response& r) { return r.headers_; }
   static const std::string& body(const response& r) { return r.body_; }
   static bool head_only(const response& r) { return r.head_only_; }
@@ -52,11 +52,11 @@ struct access {
   static void set_close(response& r) { r.close_ = true; }
   static void set_http10(response& r, bool v) { r.http10_ = v; }
   static bool http10(const response& r) { return r.http10_; }
-  static body_sink* sink(response& r) { return r.sink_; }
 };
 
 // Appends the status line and the server's own fields plus the handler's fields to `out`.
-// `content_length` < 0: chunked (streaming) or, for HTTP/1.0, close-delimited.
-void write_head(std::string& out, const response& res, long long content_length, bool chunked);
+// `content_length` -1: chunked (streaming); -2: no length (close-delimited, or a status
+// that has no body).
+void write_head(std::string& out, const response& res, long long content_length);
 
 }  // namespace endless::http::detail

@@ -281,7 +281,7 @@ bool dispatch(loop& l, connection& c, const h1::request_head& head, std::string_
   } else {
     const std::string& b = detail::access::body(res);
     bool no_body = bodyless_status(res.status());
-    detail::write_head(out, res, no_body ? -2 : static_cast<long long>(b.size()), false);
+    detail::write_head(out, res, no_body ? -2 : static_cast<long long>(b.size()));
     if (!head_only && !no_body) out.append(b);
   }
   if (detail::access::close(res)) c.closing = true;
@@ -395,7 +395,6 @@ bool process(loop& l, connection& c, std::string_view data, std::size_t& consume
       consumed = pos;
       return false;
     }
-    c.last_active_ms = l.now_ms;
   }
   if (c.closing && pos < data.size()) c.discarded = true;
   consumed = c.closing ? data.size() : pos;
@@ -562,9 +561,9 @@ void on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len) {
   auto* c = new connection;
   c->fd = fd;
   c->id = l.srv->next_conn_id.fetch_add(1, std::memory_order_relaxed);
-  c->owner = &l;
+
   format_peer(c->remote, peer, len);
-  c->last_active_ms = l.now_ms;
+
   {
     std::lock_guard lock(l.conns_mu);
     l.link(c);
@@ -666,7 +665,7 @@ void begin_loop_drain(loop& l) {
   if (l.draining) return;
   l.draining = true;
   l.now_ms = coarse_now_ms();
-  l.drain_started_ms = l.now_ms;
+
   // Step 1: stop accepting. Never shutdown() the listener: the new process shares it.
   if (l.listener) {
     ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, l.listener.get(), nullptr);
@@ -695,7 +694,7 @@ void begin_loop_drain(loop& l) {
 
 namespace detail {
 
-void write_head(std::string& out, const response& res, long long content_length, bool) {
+void write_head(std::string& out, const response& res, long long content_length) {
   int status = res.status();
   if (status == 200) {
     out.append("HTTP/1.1 200 OK\r\nDate: ");
@@ -732,7 +731,7 @@ bool response::write(std::string_view data) {
     streaming_ = true;
     chunked_ = chunked;
     if (!chunked) close_ = true;
-    detail::write_head(frame, *this, chunked ? -1 : -2, chunked);
+    detail::write_head(frame, *this, chunked ? -1 : -2);
   }
   if (!head_only_ && !data.empty()) {
     if (chunked_) {

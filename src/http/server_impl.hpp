@@ -40,7 +40,6 @@ enum class timer_kind : std::uint8_t { none, header, body, idle, write, linger, 
 struct connection {
   int fd = -1;
   std::uint64_t id = 0;
-  loop* owner = nullptr;
   std::string remote;
 
   enum class phase : std::uint8_t { head, body, lingering, closed } stage = phase::head;
@@ -58,7 +57,6 @@ struct connection {
   std::string out;                // bytes not yet written
   std::string body;               // decoded chunked body
   h1::chunked_decoder chunked;
-  std::int64_t last_active_ms = 0;
 
   int refs = 0;  // posted tasks that name this connection: it is not freed before they ran
 
@@ -96,7 +94,7 @@ struct loop {
   std::int64_t now_ms = 0;
   std::size_t conn_count = 0;
   bool draining = false;
-  std::int64_t drain_started_ms = 0;
+
   bool reported_drained = false;
 
   // The batch of events taken from epoll. Threads claim them one by one (next_event), so
@@ -121,7 +119,6 @@ struct loop {
   connection* conns = nullptr;
   void link(connection* c);
   void unlink(connection* c);
-  bool contains(connection* c) const { return c->linked && c->owner == this; }
 
   // Who owns the loop: (generation << 32) | (handler sequence << 1) | in_handler.
   // The owner publishes each handler call; the monitor takes the loop over (generation + 1)
