@@ -11,6 +11,17 @@
 
 namespace endless::core {
 
+void upgrader::impl::do_shutdown(const std::string& what) {
+  state s = current.load();
+  if (s == state::draining || s == state::stopped) {
+    log_pid(what + ", but already shutting down; ignored.");
+    return;
+  }
+  log_pid(what + ".");
+  if (upgrade) abort_upgrade();
+  begin_drain(true);
+}
+
 void upgrader::impl::begin_drain(bool final) {
   final_shutdown = final;
   current.store(state::draining);

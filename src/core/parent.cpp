@@ -36,13 +36,17 @@ void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> res
   }
   log_pid(what + ". forking.");
   notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_usec()));
+  // The new process could not even be started: count it, end systemd's reload, say why.
+  auto cant_start = [&](std::error_code ec, const std::string& why) {
+    failed_upgrades++;
+    notify("READY=1\nSTATUS=upgrade failed: " + why);
+    refuse(ec, "upgrade failed: " + why + "; still serving.");
+  };
 
   int pair[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
     std::error_code ec(errno, std::system_category());
-    failed_upgrades++;
-    notify("READY=1");
-    return refuse(ec, "can't start new process: socketpair: " + ec.message());
+    return cant_start(ec, "can't start new process: socketpair: " + ec.message());
   }
   unique_fd ours(pair[0]);
   unique_fd theirs(pair[1]);
@@ -53,10 +57,8 @@ void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> res
   std::error_code dup_ec;
   req.fds = registry::instance().handover(dup_ec);
   if (dup_ec) {
-    failed_upgrades++;
-    notify("READY=1");
-    return refuse(dup_ec, "upgrade failed: can't duplicate the listeners: " + dup_ec.message() +
-                              "; still serving.");
+    return cant_start(
+        dup_ec, "can't start new process: can't duplicate the listeners: " + dup_ec.message());
   }
   req.ready_fd = theirs.get();
   req.generation = generation + 1;
@@ -64,11 +66,7 @@ void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> res
   req.watchdog_usec = watchdog_usec;
   spawned child;
   std::string why;
-  if (auto ec = spawn(req, child, why)) {
-    failed_upgrades++;
-    notify("READY=1\nSTATUS=upgrade failed: " + why);
-    return refuse(ec, "upgrade failed: " + why + "; still serving.");
-  }
+  if (auto ec = spawn(req, child, why)) return cant_start(ec, why);
   upgrade_in_flight u;
   u.child = std::move(child);
   u.channel = std::move(ours);
@@ -106,13 +104,17 @@ void upgrader::impl::on_channel_readable() {
   notify("MAINPID=" + std::to_string(child) + "\nREADY=1");
   upgrades++;
   log_pid("new process " + std::to_string(child) + " is ready; handing over.");
-  auto waiting = std::move(upgrade->waiting);
-  upgrade.reset();  // the child is on its own now; we never wait for it
+  auto waiting = end_upgrade();  // the child is on its own now; we never wait for it
   // Drain first: whoever waits on upgrade() sees this process already draining.
   begin_drain(false);
-  for (auto& w : waiting) {
+  for (auto& w : waiting)
     w.set_value({});
-  }
+}
+
+std::vector<std::promise<std::error_code>> upgrader::impl::end_upgrade() {
+  auto waiting = std::move(upgrade->waiting);
+  upgrade.reset();
+  return waiting;
 }
 
 void upgrader::impl::on_child_exited() {
@@ -125,8 +127,7 @@ void upgrader::impl::fail_upgrade(std::error_code ec, const std::string& why) {
   if (ec == errc::child_exited) reason += " " + status + " before it was ready";
   failed_upgrades++;
   log_pid("upgrade failed: " + reason + "; still serving.");
-  auto waiting = std::move(upgrade->waiting);
-  upgrade.reset();
+  auto waiting = end_upgrade();
   current.store(state::serving);
   notify("READY=1\nSTATUS=upgrade failed: " + reason);
   for (auto& w : waiting)
@@ -138,8 +139,7 @@ void upgrader::impl::abort_upgrade() {
   log_pid("upgrade aborted by shutdown; new process " + std::to_string(upgrade->child.pid) + " " +
           status);
   failed_upgrades++;
-  auto waiting = std::move(upgrade->waiting);
-  upgrade.reset();
+  auto waiting = end_upgrade();
   current.store(state::serving);
   for (auto& w : waiting)
     w.set_value(errc::aborted);

@@ -134,18 +134,9 @@ void upgrader::impl::on_signal(int signo) {
       do_upgrade(std::nullopt, true);
       break;
     case SIGINT:
-    case SIGTERM: {
-      const char* name = signo == SIGINT ? "SIGINT" : "SIGTERM";
-      state s = current.load();
-      if (s == state::draining || s == state::stopped) {
-        log_pid(std::string("Received ") + name + ", but already shutting down; ignored.");
-        break;
-      }
-      log_pid(std::string("Received ") + name + ".");
-      if (upgrade) abort_upgrade();
-      begin_drain(true);
+    case SIGTERM:
+      do_shutdown(signo == SIGINT ? "Received SIGINT" : "Received SIGTERM");
       break;
-    }
     case SIGUSR2:
       if (current.load() != state::draining) {
         log_pid("Received SIGUSR2, but not shutting down; ignored.");
@@ -260,10 +251,7 @@ bool upgrader::impl::run(command& c) {
       do_upgrade(std::move(c.result), false);
       break;
     case kind::shutdown:
-      if (current.load() == state::draining || current.load() == state::stopped) break;
-      log_pid("Shutdown requested.");
-      if (upgrade) abort_upgrade();
-      begin_drain(true);
+      do_shutdown("Shutdown requested");
       break;
     case kind::hammer:
       if (current.load() == state::draining) do_hammer();

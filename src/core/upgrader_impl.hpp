@@ -105,8 +105,13 @@ struct upgrader::impl {
   void on_child_exited();
   void fail_upgrade(std::error_code ec, const std::string& why);
   void abort_upgrade();
+  // Forgets the upgrade in flight; returns its callers, for the caller to answer.
+  std::vector<std::promise<std::error_code>> end_upgrade();
 
   // drain.cpp
+  // SIGINT/SIGTERM or shutdown(): abort an upgrade in flight, then the final drain. `what`
+  // starts the log line ("Received SIGTERM").
+  void do_shutdown(const std::string& what);
   void begin_drain(bool final);
   void on_service_drained(const drainable* d);
   void do_hammer();
