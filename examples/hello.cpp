@@ -1,9 +1,12 @@
 // The example server of DESIGN.md, used by the demo, the tests and the benchmarks:
 //   hello --addr HOST:PORT [--pidfile FILE] [--hammer-time SECONDS] [--threads N]
+//         [--tls-cert FILE --tls-key FILE] [--h2c]
 //   GET /                 200 "Hello Zero-Downtime!\n"
 //   GET /ping?seq=N&ms=M  waits M ms (blocking this handler only), then 200 "pong-N"
 //   GET /pid              the serving process's pid
 // Every response carries X-Pid. SIGHUP restarts it with zero downtime; SIGTERM drains.
+// With a certificate it serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN) and reloads the
+// certificate when its files change; --h2c adds HTTP/2 with prior knowledge on plain HTTP.
 #include <unistd.h>
 
 #include <charconv>
@@ -18,7 +21,7 @@ namespace {
 int usage(const char* why) {
   std::fprintf(stderr,
                "hello: %s\nusage: hello --addr HOST:PORT [--pidfile FILE] [--hammer-time SECONDS] "
-               "[--threads N]\n",
+               "[--threads N] [--tls-cert FILE --tls-key FILE] [--h2c]\n",
                why);
   return 2;
 }
@@ -31,6 +34,10 @@ int main(int argc, char** argv) {
   o.addr = "127.0.0.1:8080";
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
+    if (flag == "--h2c") {
+      o.http2.cleartext = true;
+      continue;
+    }
     if (i + 1 >= argc) return usage(("missing value for " + flag).c_str());
     std::string value = argv[++i];
     try {
@@ -40,6 +47,10 @@ int main(int argc, char** argv) {
         o.pid_file = value;
       } else if (flag == "--hammer-time") {
         o.hammer_time = std::chrono::milliseconds(static_cast<long long>(std::stod(value) * 1000));
+      } else if (flag == "--tls-cert") {
+        o.tls.cert_file = value;
+      } else if (flag == "--tls-key") {
+        o.tls.key_file = value;
       } else if (flag == "--threads") {
         o.threads = std::stoi(value);
       } else {
@@ -50,6 +61,9 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (o.tls.cert_file.empty() != o.tls.key_file.empty()) {
+    return usage("--tls-cert and --tls-key go together");
+  }
   const std::string pid = std::to_string(::getpid());
   http::router r;
   r.get("/", [](const http::request&, http::response& res) { res.text("Hello Zero-Downtime!\n"); });

@@ -6,7 +6,7 @@
 # gracefully. DEMO_ONCE=1 exits after the scripted part; MODE=close uses Connection: close.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh g++ make cmake curl
+scripts/deps.sh g++ make cmake pkg-config curl libssl-dev libnghttp2-dev
 cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DENDLESS_BUILD_TESTS=OFF >/dev/null
 cmake --build build/demo -j "$(nproc)" --target hello loadgen >/dev/null
 

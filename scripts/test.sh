@@ -4,7 +4,8 @@
 #   ENDLESS_SANITIZE=thread  scripts/test.sh   # TSan
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh g++ make cmake libgtest-dev libgmock-dev systemd clang-format curl
+scripts/deps.sh g++ make cmake pkg-config libgtest-dev libgmock-dev systemd clang-format curl \
+  libssl-dev libnghttp2-dev openssl nghttp2-client
 # Formatting is part of the build: .clang-format is the rule.
 find include src tests examples \( -name '*.cpp' -o -name '*.hpp' \) -print0 2>/dev/null |
   xargs -0 -r clang-format --dry-run --Werror

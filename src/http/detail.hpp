@@ -23,10 +23,18 @@ struct access {
     r.body_ = body;
     r.remote_ = remote;
   }
+  static void set_connection(request& r, int major, bool secure, std::string_view server_name,
+                             std::string_view client_subject) {
+    r.version_major_ = major;
+    r.secure_ = secure;
+    r.server_name_ = server_name;
+    r.client_subject_ = client_subject;
+  }
   static void reset(response& r, bool head_only, bool close, std::string_view date,
                     body_sink* sink) {
     r.status_ = 200;
     r.headers_.clear();
+    r.trailers_.clear();
     r.body_.clear();
     r.streaming_ = false;
     r.chunked_ = false;
@@ -39,6 +47,8 @@ struct access {
 
   static const std::string& headers(const response& r) { return r.headers_; }
   static const std::string& body(const response& r) { return r.body_; }
+  static const std::string& trailers(const response& r) { return r.trailers_; }
+  static bool streaming_started(const response& r) { return r.streaming_; }
   static bool head_only(const response& r) { return r.head_only_; }
   static bool close(const response& r) { return r.close_; }
   static bool chunked(const response& r) { return r.chunked_; }

@@ -1,4 +1,6 @@
-// One HTTP/1.1 connection on a loop: read, parse (http1_parser), dispatch, write, close.
+// One HTTP/1.1 connection on a loop: read, parse (http1_parser), dispatch, write, close;
+// and what every connection shares: the transport (plain or TLS, with its handshake),
+// accept, timers, close.
 //
 // Hot path, keep-alive: one recv into this thread's scratch buffer, parse in place, run the
 // handler, append the response to this thread's output buffer, one send. A connection keeps
@@ -52,11 +54,17 @@ std::string_view http_date(scratch& s) {
   return {s.date, s.date_len};
 }
 
-// ------------------------------------------------------------------ timers
-
 timer_list& list_of(loop& l, timer_kind k) {
   return l.timers[static_cast<int>(k)];
 }
+
+}  // namespace
+
+std::string_view current_http_date() {
+  return http_date(tls());
+}
+
+// ------------------------------------------------------------------ timers
 
 void timer_unlink(loop& l, connection& c) {
   if (c.timer == timer_kind::none) return;
@@ -79,6 +87,19 @@ void timer_arm(loop& l, connection& c, timer_kind k) {
   t.tail = &c;
 }
 
+// Posts fn(c) to the loop. The connection is not freed until the task ran; if it was
+// closed meanwhile the task does nothing.
+void post_for(loop& l, connection& c, void (*fn)(loop&, connection&)) {
+  ++c.refs;
+  connection* cp = &c;
+  l.post([&l, cp, fn] {
+    --cp->refs;
+    if (cp->stage != connection::phase::closed) fn(l, *cp);
+  });
+}
+
+namespace {
+
 // ------------------------------------------------------------------ output
 
 // Ends a connection after its last response; false if that closed (and freed) it.
@@ -87,7 +108,7 @@ bool start_linger(loop& l, connection& c);
 // Sends c.out; false if the connection was closed.
 bool flush_pending(loop& l, connection& c) {
   while (!c.out.empty()) {
-    ssize_t n = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
+    ssize_t n = conn_send(c, c.out.data(), c.out.size());
     if (n > 0) {
       c.out.erase(0, static_cast<std::size_t>(n));
       continue;
@@ -118,7 +139,7 @@ bool flush_scratch(loop& l, connection& c, std::string& out) {
   if (c.out.empty()) {
     ssize_t n;
     do {
-      n = ::send(c.fd, out.data(), out.size(), MSG_NOSIGNAL);
+      n = conn_send(c, out.data(), out.size());
     } while (n < 0 && errno == EINTR);
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
       out.clear();
@@ -145,6 +166,7 @@ bool start_linger(loop& l, connection& c) {
     return false;
   }
   c.stage = connection::phase::lingering;
+  if (c.tls && !c.tls->failed) io::tls_close_notify(c.tls->ssl);
   ::shutdown(c.fd, SHUT_WR);
   timer_arm(l, c, timer_kind::linger);
   return true;
@@ -182,11 +204,35 @@ void error_response(loop& l, connection& c, std::string& out, const h1::error& e
 }
 
 // The connection, as the sink a streaming handler writes to: blocking sends, bounded by
-// write_timeout, after whatever earlier responses are still queued.
+// write_timeout, after whatever earlier responses are still queued. HTTP/1.1 frames the
+// body in chunks; HTTP/1.0 has no chunks and ends the body with the close.
 class conn_sink final : public detail::body_sink {
  public:
   conn_sink(loop& l, connection& c, std::string& out) : l_(l), c_(c), out_(out) {}
-  bool send_now(std::string_view bytes) override {
+  bool write_body(response& res, std::string_view data) override {
+    std::string frame;
+    bool head_only = detail::access::head_only(res);
+    if (!detail::access::streaming_started(res)) {
+      bool chunked = !detail::access::http10(res);
+      detail::access::set_streaming(res, chunked);
+      if (!chunked) detail::access::set_close(res);
+      detail::write_head(frame, res, chunked ? -1 : -2);
+    }
+    if (!head_only && !data.empty()) {
+      if (detail::access::chunked(res)) {
+        char hex[20];
+        auto [end, ec] = std::to_chars(hex, hex + sizeof hex, data.size(), 16);
+        frame.append(hex, end).append("\r\n").append(data).append("\r\n");
+      } else {
+        frame.append(data);
+      }
+    }
+    if (frame.empty()) return true;
+    return send_now(frame);
+  }
+
+ private:
+  bool send_now(std::string_view bytes) {
     if (!c_.out.empty() || !out_.empty()) {
       std::string queued = std::move(c_.out);
       queued.append(out_);
@@ -196,31 +242,8 @@ class conn_sink final : public detail::body_sink {
     }
     return send_all(bytes);
   }
-
- private:
   bool send_all(std::string_view bytes) {
-    auto limit = l_.srv->opts.write_timeout;
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!bytes.empty()) {
-      ssize_t n = ::send(c_.fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      if (n > 0) {
-        bytes.remove_prefix(static_cast<std::size_t>(n));
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return false;
-      int wait = -1;
-      if (limit.count() > 0) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        deadline - std::chrono::steady_clock::now())
-                        .count();
-        if (left <= 0) return false;
-        wait = static_cast<int>(left);
-      }
-      pollfd p{c_.fd, POLLOUT, 0};
-      if (::poll(&p, 1, wait) <= 0 || (p.revents & (POLLERR | POLLHUP))) return false;
-    }
-    return true;
+    return send_blocking(c_, bytes, l_.srv->opts.write_timeout);
   }
   loop& l_;
   connection& c_;
@@ -255,6 +278,12 @@ bool dispatch(loop& l, connection& c, const h1::request_head& head, std::string_
   split_target(head.target, path, query);
   detail::access::set(s.req, head.method, head.target, path, query, head.headers.data(),
                       head.headers.size(), head.version_minor, body, c.remote);
+  if (c.tls) {
+    detail::access::set_connection(s.req, 1, true, c.tls->server_name, c.tls->client_subject);
+  } else {
+    detail::access::set_connection(s.req, 1, false, {}, {});
+  }
+  c.fresh = false;
   bool keep = head.keep_alive && !l.srv->draining.load(std::memory_order_relaxed);
   if (!head.keep_alive) c.client_close = true;
   bool head_only = head.method == "HEAD";
@@ -272,17 +301,29 @@ bool dispatch(loop& l, connection& c, const h1::request_head& head, std::string_
   }
   // The drain may have begun while the handler ran: this response ends keep-alive too.
   if (l.srv->draining.load(std::memory_order_relaxed)) detail::access::set_close(res);
+  const std::string& trailers = detail::access::trailers(res);
   if (res.streaming()) {
     if (detail::access::chunked(res) && detail::access::ok(res)) {
-      if (!head_only) out.append("0\r\n\r\n");
+      if (!head_only) out.append("0\r\n").append(trailers).append("\r\n");
     } else {
       c.closing = true;  // close-delimited (HTTP/1.0) or broken mid-stream
     }
   } else {
     const std::string& b = detail::access::body(res);
     bool no_body = bodyless_status(res.status());
-    detail::write_head(out, res, no_body ? -2 : static_cast<long long>(b.size()));
-    if (!head_only && !no_body) out.append(b);
+    if (!trailers.empty() && !no_body && !head_only && head.version_minor >= 1) {
+      // Trailers need the chunked coding (RFC 9112 §7.1.2).
+      detail::write_head(out, res, -1);
+      if (!b.empty()) {
+        char hex[20];
+        auto [end, ec] = std::to_chars(hex, hex + sizeof hex, b.size(), 16);
+        out.append(hex, end).append("\r\n").append(b).append("\r\n");
+      }
+      out.append("0\r\n").append(trailers).append("\r\n");
+    } else {
+      detail::write_head(out, res, no_body ? -2 : static_cast<long long>(b.size()));
+      if (!head_only && !no_body) out.append(b);
+    }
   }
   if (detail::access::close(res)) c.closing = true;
   if (owner) c.busy = false;
@@ -416,17 +457,6 @@ void settle(loop& l, connection& c) {
   timer_arm(l, c, timer_kind::idle);
 }
 
-// Posts fn(c) to the loop. The connection is not freed until the task ran; if it was
-// closed meanwhile the task does nothing.
-void post_for(loop& l, connection& c, void (*fn)(loop&, connection&)) {
-  ++c.refs;
-  connection* cp = &c;
-  l.post([&l, cp, fn] {
-    --cp->refs;
-    if (cp->stage != connection::phase::closed) fn(l, *cp);
-  });
-}
-
 void resume_task(loop& l, connection& c) {
   on_resume(l, c);
 }
@@ -467,6 +497,13 @@ bool serve_buffered(loop& l, connection& c) {
   return true;
 }
 
+constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+bool is_preface_start(std::string_view data) {
+  std::size_t n = std::min(data.size(), kPreface.size());
+  return n > 0 && data.substr(0, n) == kPreface.substr(0, n);
+}
+
 bool read_and_process(loop& l, connection& c, bool peer_closed) {
   scratch& s = tls();
   for (int round = 0; round < 16; ++round) {
@@ -474,12 +511,12 @@ bool read_and_process(loop& l, connection& c, bool peer_closed) {
     ssize_t n;
     bool from_scratch = c.in.empty();
     if (from_scratch) {
-      n = ::recv(c.fd, s.in, kReadSize, 0);
+      n = conn_recv(c, s.in, kReadSize);
       if (n > 0) data = {s.in, static_cast<std::size_t>(n)};
     } else {
       std::size_t old = c.in.size();
       c.in.resize(old + kReadSize);
-      n = ::recv(c.fd, c.in.data() + old, kReadSize, 0);
+      n = conn_recv(c, c.in.data() + old, kReadSize);
       c.in.resize(old + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
       data = c.in;
     }
@@ -501,6 +538,17 @@ bool read_and_process(loop& l, connection& c, bool peer_closed) {
       close_connection(l, c);
       return true;
     }
+    if (c.fresh && !c.tls && l.srv->opts.http2.cleartext && is_preface_start(data)) {
+      if (data.size() < kPreface.size()) {  // the rest of the preface is on its way
+        if (from_scratch) c.in.assign(data);
+        continue;
+      }
+      // HTTP/2 with prior knowledge (RFC 9113 §3.3): what was read goes to the session.
+      std::string first(data);
+      c.in.clear();
+      h2_start(l, c);
+      return h2_on_data(l, c, first) && h2_read(l, c);
+    }
     std::size_t consumed = 0;
     bool owner = process(l, c, data, consumed, s.out);
     if (!owner) {
@@ -519,8 +567,9 @@ bool read_and_process(loop& l, connection& c, bool peer_closed) {
     if (!serve_buffered(l, c)) return false;
     if (c.closing || c.read_blocked || c.stage == connection::phase::closed) break;
     // A short read emptied the socket; with edge triggering a later arrival is a new event.
-    // Not so for a FIN that came with the data: read on to see it.
-    if (static_cast<std::size_t>(n) < kReadSize && !peer_closed) break;
+    // Not so for a FIN that came with the data: read on to see it. (TLS returns a record at
+    // a time and may hold more decrypted bytes: read until it says EAGAIN.)
+    if (static_cast<std::size_t>(n) < kReadSize && !peer_closed && !c.tls) break;
     if (round == 15) post_for(l, c, read_task);  // fairness: let other connections run
   }
   settle(l, c);
@@ -528,6 +577,54 @@ bool read_and_process(loop& l, connection& c, bool peer_closed) {
 }
 
 }  // namespace
+
+ssize_t conn_recv(connection& c, char* buf, std::size_t len) {
+  if (!c.tls) return ::recv(c.fd, buf, len, 0);
+  ssize_t n = io::tls_read(c.tls->ssl, buf, len, c.tls->read_wants_write);
+  if (n < 0 && errno != EAGAIN) c.tls->failed = true;
+  return n;
+}
+
+ssize_t conn_send(connection& c, const char* buf, std::size_t len) {
+  if (!c.tls) return ::send(c.fd, buf, len, MSG_NOSIGNAL);
+  bool wants_write = false;
+  ssize_t n = io::tls_write(c.tls->ssl, buf, len, wants_write);
+  if (n < 0 && errno != EAGAIN) c.tls->failed = true;
+  c.tls->write_wants_read = n < 0 && errno == EAGAIN && !wants_write;
+  return n;
+}
+
+bool send_blocking(connection& c, std::string_view bytes, std::chrono::milliseconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!bytes.empty()) {
+    ssize_t n = conn_send(c, bytes.data(), bytes.size());
+    if (n > 0) {
+      bytes.remove_prefix(static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return false;
+    int wait = -1;
+    if (limit.count() > 0) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      deadline - std::chrono::steady_clock::now())
+                      .count();
+      if (left <= 0) return false;
+      wait = static_cast<int>(left);
+    }
+    // (A TLS write may wait for the peer's bytes instead.)
+    bool wants_read = c.tls && c.tls->write_wants_read;
+    pollfd p{c.fd, static_cast<short>(wants_read ? POLLIN : POLLOUT), 0};
+    if (::poll(&p, 1, wait) <= 0 || (p.revents & (POLLERR | POLLHUP))) return false;
+  }
+  return true;
+}
+
+void free_connection(connection* c) {
+  delete c->tls;
+  if (c->h2) h2_free(c->h2);
+  delete c;
+}
 
 std::int64_t coarse_now_ms() {
   timespec ts{};
@@ -570,15 +667,63 @@ void on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len) {
   }
   ++l.conn_count;
   l.srv->state_changed(*c, conn_state::created);
+  if (l.srv->tls) {
+    auto* t = new tls_conn;
+    c->tls = t;
+    std::string why;
+    t->ssl = l.srv->tls->new_ssl(fd, t->certs, why);
+    if (!t->ssl) {
+      l.srv->log("TLS: can't start a session: " + why);
+      t->failed = true;
+      close_connection(l, *c);
+      return;
+    }
+    c->stage = connection::phase::handshake;
+  }
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   ev.data.ptr = c;
   if (::epoll_ctl(l.epoll.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+    if (c->tls) c->tls->failed = true;
     close_connection(l, *c);
     return;
   }
-  timer_arm(l, *c, l.draining ? timer_kind::idle : timer_kind::header);
+  if (c->tls) {
+    timer_arm(l, *c, timer_kind::handshake);
+  } else {
+    timer_arm(l, *c, l.draining ? timer_kind::idle : timer_kind::header);
+  }
 }
+
+namespace {
+
+// Drives the TLS handshake; true once it is done (and the connection knows its protocol).
+bool handshake(loop& l, connection& c) {
+  bool wants_write = false;
+  std::string why;
+  int r = io::tls_handshake(c.tls->ssl, wants_write, why);
+  if (r == 0) return false;
+  if (r < 0) {
+    // Scanners, clients that distrust the certificate, plain HTTP sent to the TLS port:
+    // common and harmless, so not logged one by one.
+    c.tls->failed = true;
+    l.srv->tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
+    close_connection(l, c);
+    return false;
+  }
+  c.tls->server_name = io::tls_server_name(c.tls->ssl);
+  c.tls->client_subject = io::tls_peer_subject(c.tls->ssl);
+  c.stage = connection::phase::head;
+  timer_unlink(l, c);
+  if (io::tls_alpn(c.tls->ssl) == "h2") {
+    h2_start(l, c);
+  } else {
+    timer_arm(l, c, l.draining ? timer_kind::idle : timer_kind::header);
+  }
+  return true;
+}
+
+}  // namespace
 
 bool on_io(loop& l, connection& c, std::uint32_t events) {
   if (c.busy || c.stage == connection::phase::closed) return true;
@@ -586,6 +731,22 @@ bool on_io(loop& l, connection& c, std::uint32_t events) {
     close_connection(l, c);
     return true;
   }
+  if (c.stage == connection::phase::handshake) {
+    if (!handshake(l, c)) return true;
+    // Application data may have come with the handshake's last flight: read it now.
+    if (c.h2) return h2_read(l, c);
+    return read_and_process(l, c, false);
+  }
+  if (c.h2) {
+    if (!h2_on_io(l, c)) return false;
+    if (c.stage == connection::phase::closed || c.busy) return true;
+    bool must_read = c.read_blocked || (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) ||
+                     (c.tls && c.tls->read_wants_write);
+    c.read_blocked = false;
+    return must_read ? h2_read(l, c) : true;
+  }
+  // A TLS read that waited for writability goes on when the socket is writable.
+  if (c.tls && c.tls->read_wants_write && (events & EPOLLOUT)) events |= EPOLLIN;
   bool was_blocked = c.read_blocked;
   if (!c.out.empty() && !flush_pending(l, c)) return true;
   if (c.stage == connection::phase::lingering) {
@@ -604,6 +765,10 @@ bool on_io(loop& l, connection& c, std::uint32_t events) {
 }
 
 void on_resume(loop& l, connection& c) {
+  if (c.h2) {
+    h2_resume(l, c);
+    return;
+  }
   c.busy = false;
   if (!c.out.empty() && !flush_pending(l, c)) return;
   if (c.stage == connection::phase::closed) return;
@@ -620,9 +785,14 @@ void on_resume(loop& l, connection& c) {
 
 void close_connection(loop& l, connection& c) {
   if (c.stage == connection::phase::closed) return;
+  bool handshaking = c.stage == connection::phase::handshake;
   c.stage = connection::phase::closed;
   timer_unlink(l, c);
   l.srv->state_changed(c, conn_state::closed);
+  // TLS: tell the peer this is the end, not a truncation (no reply awaited).
+  if (c.tls && !c.tls->failed && !handshaking) {
+    io::tls_close_notify(c.tls->ssl);
+  }
   // Remove from epoll explicitly: a copy of the fd in a forked child (between fork and exec
   // of an upgrade) would keep the registration alive after close().
   ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, c.fd, nullptr);
@@ -645,6 +815,10 @@ void expire_timers(loop& l) {
     while (t.head && t.head->deadline_ms <= l.now_ms) {
       connection* c = t.head;
       timer_unlink(l, *c);
+      if (k == static_cast<int>(timer_kind::goaway)) {
+        h2_goaway_due(l, *c);  // the PING's answer is late: send the final GOAWAY anyway
+        continue;
+      }
       // Header, body, idle, write, linger: the client took too long; close. (Go closes
       // silently too; a slowloris client gets nothing to read.)
       close_connection(l, *c);
@@ -676,14 +850,21 @@ void begin_loop_drain(loop& l) {
   // busy ones end with their next response (Connection: close, set in dispatch).
   timer_list& idle = list_of(l, timer_kind::idle);
   idle.duration_ms = l.srv->opts.drain_grace.count();
-  std::vector<connection*> idle_now;
+  std::vector<connection*> idle_now, h2_now;
   {
     std::lock_guard lock(l.conns_mu);
     for (connection* c = l.conns; c; c = c->conn_next) {
-      if (!c->busy && !c->active && c->out.empty() && c->stage == connection::phase::head) {
+      if (c->h2) {
+        if (!c->busy) h2_now.push_back(c);  // a busy one starts its drain when its handler returns
+      } else if (!c->busy && !c->active && c->out.empty() && c->stage == connection::phase::head) {
         idle_now.push_back(c);
       }
     }
+  }
+  for (connection* c : h2_now) {
+    h2_begin_drain(l, *c);
+    // Sent by a task each: a handler it runs may block and cost this thread the loop.
+    post_for(l, *c, [](loop& lp, connection& cp) { (void)h2_on_io(lp, cp); });
   }
   for (connection* c : idle_now) {
     timer_unlink(l, *c);
@@ -721,30 +902,5 @@ void write_head(std::string& out, const response& res, long long content_length)
 }
 
 }  // namespace detail
-
-bool response::write(std::string_view data) {
-  if (!ok_ || !sink_) return false;
-  std::string frame;
-  if (!streaming_) {
-    // HTTP/1.1: chunked; HTTP/1.0: no length, the end of the body is the close.
-    bool chunked = !http10_;
-    streaming_ = true;
-    chunked_ = chunked;
-    if (!chunked) close_ = true;
-    detail::write_head(frame, *this, chunked ? -1 : -2);
-  }
-  if (!head_only_ && !data.empty()) {
-    if (chunked_) {
-      char hex[20];
-      auto [end, ec] = std::to_chars(hex, hex + sizeof hex, data.size(), 16);
-      frame.append(hex, end).append("\r\n").append(data).append("\r\n");
-    } else {
-      frame.append(data);
-    }
-  }
-  if (frame.empty()) return true;
-  if (!sink_->send_now(frame)) ok_ = false;
-  return ok_;
-}
 
 }  // namespace endless::http

@@ -94,6 +94,19 @@ response& response::header(std::string_view name, std::string_view value) {
   return *this;
 }
 
+response& response::trailer(std::string_view name, std::string_view value) {
+  if (reserved_field(name)) return *this;
+  if (has_cr_or_lf(name) || has_cr_or_lf(value)) return *this;
+  trailers_.append(name).append(": ").append(value).append("\r\n");
+  return *this;
+}
+
+bool response::write(std::string_view data) {
+  if (!ok_ || !sink_) return false;
+  if (!sink_->write_body(*this, data)) ok_ = false;
+  return ok_;
+}
+
 void response::send(std::string_view body, std::string_view content_type) {
   if (!content_type.empty()) header("Content-Type", content_type);
   body_.assign(body);

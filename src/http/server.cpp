@@ -109,6 +109,72 @@ server& server::on_conn_state(std::function<void(std::uint64_t, conn_state)> fn)
   return *this;
 }
 
+server& server::tls(std::string cert_file, std::string key_file) {
+  impl_->st.opts.tls.cert_file = std::move(cert_file);
+  impl_->st.opts.tls.key_file = std::move(key_file);
+  return *this;
+}
+server& server::add_certificate(std::string cert_file, std::string key_file) {
+  impl_->st.opts.tls.sni_certificates.emplace_back(std::move(cert_file), std::move(key_file));
+  return *this;
+}
+server& server::client_ca(std::string ca_file, client_auth mode) {
+  impl_->st.opts.tls.client_ca_file = std::move(ca_file);
+  impl_->st.opts.tls.verify_client = mode;
+  return *this;
+}
+server& server::h2c(bool on) {
+  impl_->st.opts.http2.cleartext = on;
+  return *this;
+}
+
+bool server::reload_certificates(std::error_code& ec) noexcept {
+  ec.clear();
+  server_state& st = impl_->st;
+  if (!st.tls) {
+    ec = std::make_error_code(std::errc::operation_not_permitted);
+    return false;
+  }
+  try {
+    std::string what;
+    bool ok = st.tls->reload(what);
+    st.log(what);
+    if (!ok) ec = std::make_error_code(std::errc::invalid_argument);
+    return ok;
+  } catch (...) {
+    ec = std::make_error_code(std::errc::not_enough_memory);
+    return false;
+  }
+}
+
+void server::reload_certificates() {
+  server_state& st = impl_->st;
+  if (!st.tls) throw std::logic_error("reload_certificates: this server has no TLS");
+  std::string what;
+  bool ok = st.tls->reload(what);
+  st.log(what);
+  if (!ok) throw std::runtime_error(what);
+}
+
+int server::listen_and_serve_tls(std::string_view addr, std::string cert_file,
+                                 std::string key_file) {
+  impl_->st.opts.addr = std::string(addr);
+  tls(std::move(cert_file), std::move(key_file));
+  return serve({this});
+}
+
+int listen_and_serve_tls(std::string_view addr, std::string cert_file, std::string key_file,
+                         handler h) {
+  server s(std::move(h));
+  return s.listen_and_serve_tls(addr, std::move(cert_file), std::move(key_file));
+}
+
+int listen_and_serve_tls(std::string_view addr, std::string cert_file, std::string key_file,
+                         const router& r) {
+  server s(r);
+  return s.listen_and_serve_tls(addr, std::move(cert_file), std::move(key_file));
+}
+
 int server::listen_and_serve() {
   return serve({this});
 }
@@ -158,7 +224,7 @@ void loop::unlink(connection* c) {
 void loop::sweep() {
   std::erase_if(graveyard, [](connection* c) {
     if (c->refs > 0) return false;
-    delete c;
+    free_connection(c);
     return true;
   });
 }
@@ -378,6 +444,8 @@ void server::impl::start(core::unique_fd listener) {
     auto set = [&](timer_kind k, std::chrono::milliseconds d) {
       l->timers[static_cast<int>(k)].duration_ms = d.count();
     };
+    set(timer_kind::handshake, st.opts.tls.handshake_timeout);
+    set(timer_kind::goaway, st.opts.http2.goaway_wait);
     set(timer_kind::header, st.opts.read_header_timeout);
     set(timer_kind::body, st.opts.read_timeout);
     set(timer_kind::write, st.opts.write_timeout);
@@ -443,6 +511,7 @@ void server::impl::hammer() noexcept {
 }
 
 void server::impl::stop() {
+  st.cert_watch.reset();  // joins its thread: no reload (nor log line) after this
   st.stopping.store(true);
   { std::lock_guard lock(st.monitor_mu); }
   st.monitor_cv.notify_all();
@@ -470,10 +539,10 @@ server::impl::~impl() {
     while (connection* c = l->conns) {
       l->unlink(c);
       ::close(c->fd);
-      delete c;
+      free_connection(c);
     }
     for (connection* c : l->graveyard)
-      delete c;
+      free_connection(c);
     l->graveyard.clear();
   }
 }
@@ -481,6 +550,42 @@ server::impl::~impl() {
 // ------------------------------------------------------------------ serve
 
 namespace {
+
+// Loads the server's certificates (throws with the reason: the process must not become
+// ready without them) and watches their files.
+void start_tls(server_state& st) {
+  const tls_options& t = st.opts.tls;
+  if (t.cert_file.empty() && t.key_file.empty() && t.sni_certificates.empty()) return;
+  io::tls_config cfg;
+  cfg.certificates.push_back({t.cert_file, t.key_file});
+  for (const auto& [cert, key] : t.sni_certificates)
+    cfg.certificates.push_back({cert, key});
+  cfg.client_ca_file = t.client_ca_file;
+  cfg.client_auth = t.verify_client == client_auth::none       ? io::client_auth_mode::none
+                    : t.verify_client == client_auth::optional ? io::client_auth_mode::optional
+                                                               : io::client_auth_mode::required;
+  cfg.min_version = t.tls13_only ? TLS1_3_VERSION : TLS1_2_VERSION;
+  cfg.ciphers = t.ciphers;
+  cfg.ciphersuites = t.ciphersuites;
+  cfg.offer_h2 = st.opts.http2.enabled;
+  auto store = std::make_unique<io::tls_store>();
+  std::string why;
+  if (!store->load(cfg, why)) throw std::runtime_error("TLS: " + why);
+  st.tls = std::move(store);
+  if (t.watch_files) {
+    std::vector<std::string> files;
+    for (const auto& c : cfg.certificates) {
+      files.push_back(c.cert_file);
+      files.push_back(c.key_file);
+    }
+    server_state* sp = &st;
+    st.cert_watch = std::make_unique<io::file_watch>(files, [sp] {
+      std::string what;
+      sp->tls->reload(what);
+      sp->log(what);
+    });
+  }
+}
 
 void split_addr(const std::string& addr, std::string& network, std::string& address) {
   if (addr.rfind("unix:", 0) == 0) {
@@ -515,17 +620,21 @@ int serve(std::initializer_list<server*> servers) {
     // before the upgrader goes away, on every path out of this block.
     struct stopper {
       std::vector<server::impl*>& servers;
+      std::initializer_list<server*> all;
       ~stopper() {
         for (auto* s : servers)
           s->stop();
-        for (auto* s : servers)
-          s->st.up = nullptr;
+        for (server* s : all) {
+          s->impl_->st.cert_watch.reset();
+          s->impl_->st.up = nullptr;
+        }
       }
-    } guard{started};
+    } guard{started, servers};
     for (server* s : servers) {
       server_state& st = s->impl_->st;
       st.up = &up;
       split_addr(st.opts.addr, st.network, st.address);
+      start_tls(st);
       for (auto& [when, signo, fn] : st.hooks)
         up.on(when, signo, fn);
     }

@@ -2,6 +2,13 @@
 //   server.cpp           serve(), the loops' threads, accept, the monitor, drain and hammer
 //   http1_connection.cpp one connection: read, parse, dispatch, write, timeouts
 //
+//   http2_connection.cpp one HTTP/2 connection (nghttp2): streams, flow control, GOAWAY
+//   ../io/tls.cpp        certificates, SNI, ALPN; SSL reads and writes like recv/send
+//
+// A connection starts in phase::handshake on a TLS listener; ALPN then makes it HTTP/1.1
+// (the default) or HTTP/2 (`h2` set). On a plain listener it starts as HTTP/1.1 and turns
+// into HTTP/2 if h2c is on and its first bytes are the HTTP/2 connection preface.
+//
 // Ownership and threads. Each loop has one epoll instance and one owner thread at a time;
 // only the owner touches the loop's connections, except:
 //  - a connection whose handler is running (`busy`) belongs to the thread running it. If
@@ -20,10 +27,13 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "../io/file_watch.hpp"
+#include "../io/tls.hpp"
 #include "endless/core/unique_fd.hpp"
 #include "endless/core/upgrader.hpp"
 #include "endless/http/server.hpp"
@@ -35,14 +45,37 @@ struct loop;
 
 // Timer lists: each holds connections waiting for one kind of deadline, all with the same
 // duration, so appending at the tail keeps the list sorted and every operation is O(1).
-enum class timer_kind : std::uint8_t { none, header, body, idle, write, linger, count };
+enum class timer_kind : std::uint8_t {
+  none,
+  handshake,
+  header,
+  body,
+  idle,
+  write,
+  linger,
+  goaway,  // HTTP/2 drain: the final GOAWAY is due
+  count
+};
+
+// TLS state of a connection (absent on plain connections).
+struct tls_conn {
+  SSL* ssl = nullptr;
+  std::shared_ptr<const io::tls_set> certs;  // keeps the SNI contexts alive for this SSL
+  std::string server_name, client_subject;
+  bool read_wants_write = false;  // the last read waits for writability, not readability
+  bool write_wants_read = false;  // and the last write for readability
+  bool failed = false;            // a fatal TLS error: no close_notify
+  ~tls_conn() { SSL_free(ssl); }
+};
+
+struct h2_session;  // http2_connection.cpp
 
 struct connection {
   int fd = -1;
   std::uint64_t id = 0;
   std::string remote;
 
-  enum class phase : std::uint8_t { head, body, lingering, closed } stage = phase::head;
+  enum class phase : std::uint8_t { handshake, head, body, lingering, closed } stage = phase::head;
   bool busy = false;          // a handler is running for it (maybe on a handed-off thread)
   bool closing = false;       // the last response is written; close (lingering) after it
   bool read_blocked = false;  // output is pending: stop reading until it drains
@@ -50,6 +83,7 @@ struct connection {
   bool active = false;        // between the first byte of a request and its response
   bool client_close = false;  // the client asked for the close (Connection: close, HTTP/1.0)
   bool discarded = false;     // bytes after the last request were dropped: linger
+  bool fresh = true;          // no request served yet (h2c looks for the preface then)
   std::size_t scan = 0;       // find_head_end's resume point
   std::size_t head_length = 0;
   std::size_t body_consumed = 0;  // chunked: bytes of `in` after the head already decoded
@@ -57,6 +91,8 @@ struct connection {
   std::string out;                // bytes not yet written
   std::string body;               // decoded chunked body
   h1::chunked_decoder chunked;
+  tls_conn* tls = nullptr;   // owned; freed with the connection
+  h2_session* h2 = nullptr;  // owned; set once the connection speaks HTTP/2
 
   int refs = 0;  // posted tasks that name this connection: it is not freed before they ran
 
@@ -128,6 +164,7 @@ struct loop {
 
 struct server_state {
   server_options opts;
+  std::unique_ptr<io::tls_store> tls;  // null: plain HTTP
   handler fn;
   std::function<void(std::string_view)> before_begin;
   std::function<void()> shutdown_initiated;
@@ -141,6 +178,8 @@ struct server_state {
   std::atomic<bool> stopping{false};
   std::atomic<bool> draining{false};  // set when the drain begins; read after each handler
   std::atomic<int> live_threads{0};
+  std::atomic<std::uint64_t> tls_handshake_failures{0};
+  std::unique_ptr<io::file_watch> cert_watch;
   std::mutex threads_mu;
   std::condition_variable threads_cv;
   std::thread monitor;
@@ -159,6 +198,19 @@ struct server_state {
 };
 
 // http1_connection.cpp
+void timer_arm(loop& l, connection& c, timer_kind k);
+void timer_unlink(loop& l, connection& c);
+// Runs fn(l, c) as a task of the loop; `c` is not freed before it ran (if it was closed
+// meanwhile, fn is not called).
+void post_for(loop& l, connection& c, void (*fn)(loop&, connection&));
+std::string_view current_http_date();  // this second's IMF-fixdate (RFC 9110 §5.6.7)
+// recv()/send() on the connection's transport (plain or TLS).
+ssize_t conn_recv(connection& c, char* buf, std::size_t len);
+ssize_t conn_send(connection& c, const char* buf, std::size_t len);
+// Sends all of `bytes` (after nothing else), waiting for the socket up to `limit` (0: no
+// limit). For a thread that owns the connection while a handler streams.
+bool send_blocking(connection& c, std::string_view bytes, std::chrono::milliseconds limit);
+void free_connection(connection* c);  // closes nothing: frees the struct and its state
 void on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len);
 // Handles readiness of `c`; returns false when this thread lost the loop (handed off).
 bool on_io(loop& l, connection& c, std::uint32_t events);
@@ -168,6 +220,20 @@ void begin_loop_drain(loop& l);
 std::int64_t next_deadline(const loop& l);  // -1: none
 void close_connection(loop& l, connection& c);
 std::int64_t coarse_now_ms();
+
+// http2_connection.cpp
+// Turns `c` into an HTTP/2 connection (after ALPN h2, or a preface on a plain listener).
+void h2_start(loop& l, connection& c);
+// Feeds bytes read from the connection; returns false when this thread lost the loop.
+bool h2_on_data(loop& l, connection& c, std::string_view data);
+// Sends what the session has to send, dispatches queued requests; false: lost the loop.
+bool h2_on_io(loop& l, connection& c);
+// Reads what the socket has and feeds it to the session; false: lost the loop.
+bool h2_read(loop& l, connection& c);
+void h2_goaway_due(loop& l, connection& c);
+void h2_resume(loop& l, connection& c);
+void h2_begin_drain(loop& l, connection& c);
+void h2_free(h2_session* s);
 
 // server.cpp
 void check_drained(loop& l);

@@ -22,12 +22,14 @@ struct header {
   std::string_view value;
 };
 
+class response;
 namespace detail {
 struct access;
-// Where a streamed response goes: the connection, blocking up to write_timeout.
+// Where a streamed response goes: the connection (HTTP/1.1 or an HTTP/2 stream), blocking
+// up to write_timeout. The first call also sends the head.
 class body_sink {
  public:
-  virtual bool send_now(std::string_view bytes) = 0;
+  virtual bool write_body(response& res, std::string_view data) = 0;
 
  protected:
   ~body_sink() = default;
@@ -51,16 +53,26 @@ class request {
   // The percent-decoded value of `key` in the query ('+' is a space), if present.
   std::optional<std::string> query_value(std::string_view key) const;
   std::string_view body() const noexcept { return body_; }
+  // 1 for HTTP/1.x, 2 for HTTP/2; version_minor() is 0 or 1 for HTTP/1.x, 0 for HTTP/2.
+  int version_major() const noexcept { return version_major_; }
   int version_minor() const noexcept { return version_minor_; }
+  // Over TLS: true, the name the client asked for (SNI, may be empty) and the subject of
+  // its verified certificate ("" without one).
+  bool secure() const noexcept { return secure_; }
+  std::string_view server_name() const noexcept { return server_name_; }
+  std::string_view client_certificate_subject() const noexcept { return client_subject_; }
   // The peer's address ("127.0.0.1:53412", "[::1]:53412", or "" for unix sockets).
   std::string_view remote_address() const noexcept { return remote_; }
 
  private:
   friend struct detail::access;
   std::string_view method_, target_, path_, query_, body_, remote_;
+  std::string_view server_name_, client_subject_;
   const struct header* headers_ = nullptr;
   std::size_t header_count_ = 0;
+  int version_major_ = 1;
   int version_minor_ = 1;
+  bool secure_ = false;
   mutable std::vector<std::pair<std::string_view, std::string_view>> params_;
 };
 
@@ -83,11 +95,15 @@ class response {
   // slow, up to the server's write_timeout. Returns false once the client is gone.
   bool write(std::string_view data);
   bool streaming() const noexcept { return streaming_; }
+  // A trailer field, sent after the body (HTTP/2; HTTP/1.1 sends the response chunked to
+  // carry it; HTTP/1.0 drops it). Add trailers before the last write() or before returning.
+  response& trailer(std::string_view name, std::string_view value);
 
  private:
   friend struct detail::access;
   int status_ = 200;
-  std::string headers_;  // "Name: value\r\n" ...
+  std::string headers_;   // "Name: value\r\n" ...
+  std::string trailers_;  // the same form
   std::string body_;
   bool streaming_ = false;
   bool chunked_ = false;

@@ -1,4 +1,4 @@
-// endless::http::server: an HTTP/1.1 server whose restarts lose nothing.
+// endless::http::server: an HTTP/1.1, HTTP/2 and HTTPS server whose restarts lose nothing.
 //
 //   endless::http::router r;
 //   r.get("/", [](auto&, auto& res) { res.text("Hello Zero-Downtime!\n"); });
@@ -25,6 +25,9 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
 
 #include "endless/core/upgrader.hpp"
 #include "endless/http/message.hpp"
@@ -35,6 +38,40 @@ namespace endless::http {
 using namespace std::chrono_literals;
 
 enum class conn_state { created, active, idle, closed };
+
+enum class client_auth { none, optional, required };
+
+// HTTPS. A server with a certificate serves TLS 1.2 and 1.3 on its listener (OpenSSL), with
+// ALPN h2 (HTTP/2) and http/1.1. The listener survives upgrades like any other; the new
+// process loads the files again, so a deploy that changes them takes effect with it.
+struct tls_options {
+  std::string cert_file;  // PEM: the leaf first, then the intermediates; empty: no TLS
+  std::string key_file;   // PEM
+  // More certificates, picked by the name the client asks for (SNI; the certificate's DNS
+  // names, "*.example.com" wildcards included); cert_file is used for any other name.
+  std::vector<std::pair<std::string, std::string>> sni_certificates;  // {cert, key}
+  // Client certificates: verified against these CAs (PEM) when verify_client is not none.
+  std::string client_ca_file;
+  client_auth verify_client = client_auth::none;
+  bool tls13_only = false;   // default: TLS 1.2 and 1.3
+  std::string ciphers;       // TLS 1.2 list; empty: ECDHE/DHE with AES-GCM or ChaCha20
+  std::string ciphersuites;  // TLS 1.3; empty: OpenSSL's default
+  // Reload the certificates when their files change (inotify on their directories, so
+  // atomic renames like certbot's are seen). reload_certificates() works either way.
+  bool watch_files = true;
+  // A client that has not finished its handshake by then is closed; 0 = none.
+  std::chrono::milliseconds handshake_timeout = 10s;
+};
+
+struct http2_options {
+  bool enabled = true;     // offer h2 in ALPN on TLS listeners
+  bool cleartext = false;  // h2c with prior knowledge on plain listeners (RFC 9113 §3.3)
+  std::uint32_t max_concurrent_streams = 100;   // SETTINGS_MAX_CONCURRENT_STREAMS
+  std::uint32_t initial_window_size = 1 << 20;  // per stream, for request bodies
+  // After the first GOAWAY of a drain, how long to wait for the PING's answer before the
+  // final GOAWAY (RFC 9113 §6.8 asks for at least one round trip).
+  std::chrono::milliseconds goaway_wait = 1s;
+};
 
 struct server_options {
   std::string addr = ":8080";  // "host:port", or "unix:/path"
@@ -58,6 +95,8 @@ struct server_options {
   std::chrono::milliseconds upgrade_timeout = core::kDefaultUpgradeTimeout;
   std::string pid_file;
   core::log_sink log;  // empty: stderr
+  tls_options tls;
+  http2_options http2;
 };
 
 // Process-wide defaults copied into every server constructed afterwards (endless's
@@ -83,6 +122,19 @@ class server {
   server& hammer_time(std::chrono::milliseconds d);
   server& threads(int n);
   server& pid_file(std::string path);
+  // HTTPS with this certificate (chain) and key; see tls_options for the rest.
+  server& tls(std::string cert_file, std::string key_file);
+  // Another certificate, served to clients that ask for one of its names (SNI).
+  server& add_certificate(std::string cert_file, std::string key_file);
+  server& client_ca(std::string ca_file, client_auth mode = client_auth::required);
+  server& h2c(bool on = true);
+
+  // Loads the certificate and key files again. New handshakes use them; connections already
+  // open keep theirs. If any file fails to load or a key does not match its certificate,
+  // the certificates in use stay, the reason is logged, and this throws (or returns false).
+  // Call while serving (from any thread).
+  void reload_certificates();
+  bool reload_certificates(std::error_code& ec) noexcept;
 
   // Hooks. before_begin(addr) runs when the listener is ready (default: logs "<pid> <addr>");
   // shutdown_initiated when the drain begins; on(pre_signal|post_signal, SIGUSR1, fn) around
@@ -96,6 +148,7 @@ class server {
   // Serves until drained; returns the process exit code (0, or 1 after logging why).
   int listen_and_serve();
   int listen_and_serve(std::string_view addr);
+  int listen_and_serve_tls(std::string_view addr, std::string cert_file, std::string key_file);
 
   struct impl;
 
@@ -106,6 +159,10 @@ class server {
 
 int listen_and_serve(std::string_view addr, handler h);
 int listen_and_serve(std::string_view addr, const router& r);
+int listen_and_serve_tls(std::string_view addr, std::string cert_file, std::string key_file,
+                         handler h);
+int listen_and_serve_tls(std::string_view addr, std::string cert_file, std::string key_file,
+                         const router& r);
 // Several servers from one binary; process-wide options come from the first.
 int serve(std::initializer_list<server*> servers);
 
