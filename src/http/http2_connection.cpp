@@ -34,7 +34,10 @@ struct h2_stream {
   std::string body;
   std::size_t field_bytes = 0;
   bool fields_too_large = false;  // 431
-  bool body_too_large = false;    // 413, then RST_STREAM(NO_ERROR) after the response
+  // 413 at once; the rest of the body is read and dropped. (RFC 9113 §8.1 allows a
+  // RST_STREAM(NO_ERROR) after the response instead, but curl 7.88 reports that as a
+  // stream error and loses the 413.)
+  bool body_too_large = false;
   bool queued = false;
   bool closed = false;  // nghttp2 closed it while a handler still held it
   // Response
@@ -58,6 +61,7 @@ struct h2_session {
   int open_streams = 0;
   enum class drain_stage { none, notice_sent, final_sent } drain = drain_stage::none;
   bool ping_acked = false;
+  bool notice_sent = false;  // the first GOAWAY has been serialised
   bool broken = false;  // the transport failed under a streaming handler
 };
 
@@ -179,16 +183,8 @@ int on_frame_recv(nghttp2_session* ng, const nghttp2_frame* frame, void* user_da
   return 0;
 }
 
-int on_frame_send(nghttp2_session* ng, const nghttp2_frame* frame, void*) {
-  // A request refused for its size got its answer: stop the rest of its body
-  // (RFC 9113 §8.1: a complete response, then RST_STREAM with NO_ERROR).
-  if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
-      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
-    h2_stream* st = stream_of(ng, frame->hd.stream_id);
-    if (st && (st->body_too_large || st->fields_too_large)) {
-      nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
-    }
-  }
+int on_frame_send(nghttp2_session*, const nghttp2_frame* frame, void* user_data) {
+  if (frame->hd.type == NGHTTP2_GOAWAY) session_of(user_data).notice_sent = true;
   return 0;
 }
 
@@ -267,8 +263,8 @@ nghttp2_session_callbacks* callbacks() {
     nghttp2_session_callbacks_set_on_header_callback(c, on_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_recv_callback(c, on_frame_recv);
-    nghttp2_session_callbacks_set_on_frame_send_callback(c, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(c, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(c, on_frame_send);
     return c;
   }();
   return cbs;
@@ -575,6 +571,11 @@ bool dispatch_ready(loop& l, connection& c) {
       post_for(l, c, resume_task);
       return false;
     }
+    // A drain that began while the handler ran: announce it before the next one runs.
+    if (s.drain == h2_session::drain_stage::none &&
+        l.srv->draining.load(std::memory_order_relaxed)) {
+      h2_begin_drain(l, c);
+    }
     // Keep the output bounded: send before running the next handler.
     if (c.out.size() >= kMaxBufferedOutput) break;
     if (!flush(l, c)) {
@@ -709,6 +710,14 @@ void h2_begin_drain(loop& l, connection& c) {
   // the final GOAWAY names the last stream we took.
   s.drain = h2_session::drain_stage::notice_sent;
   nghttp2_submit_shutdown_notice(s.ng);
+  // The PING must follow the GOAWAY on the wire, or its answer would not prove that the
+  // client has seen the GOAWAY; nghttp2 would send it first (PING is urgent to it).
+  for (int i = 0; i < 4096 && !s.notice_sent; ++i) {
+    const std::uint8_t* p = nullptr;
+    ssize_t n = nghttp2_session_mem_send(s.ng, &p);
+    if (n <= 0) break;
+    c.out.append(reinterpret_cast<const char*>(p), static_cast<std::size_t>(n));
+  }
   nghttp2_submit_ping(s.ng, NGHTTP2_FLAG_NONE, kDrainPing);
   timer_arm(l, c, timer_kind::goaway);
 }

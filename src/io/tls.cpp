@@ -202,7 +202,13 @@ std::shared_ptr<const tls_set> tls_store::build(std::string& why) const {
       return nullptr;
     }
     if (SSL_CTX_use_PrivateKey_file(c, key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
-      why = "can't load private key " + key_file + ": " + tls_last_error();
+      unsigned long e = ERR_peek_last_error();
+      if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
+        why = "private key " + key_file + " does not match certificate " + cert_file;
+        ERR_clear_error();
+      } else {
+        why = "can't load private key " + key_file + ": " + tls_last_error();
+      }
       return nullptr;
     }
     if (SSL_CTX_check_private_key(c) != 1) {

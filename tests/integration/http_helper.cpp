@@ -2,8 +2,13 @@
 //   --addr A (repeatable: several servers from one binary)  --pidfile F  --threads N
 //   --read-header-timeout-ms N  --idle-timeout-ms N  --write-timeout-ms N
 //   --max-body N  --hammer-time S  --drain-grace-ms N  --read-timeout-ms N  --log-states 1
+//   --tls-cert F --tls-key F  --sni-cert F --sni-key F (repeatable)  --client-ca F
+//   --verify-client none|optional|required  --handshake-timeout-ms N  --tls13-only 1
+//   --h2c 1  --h2 0  --max-streams N  --goaway-wait-ms N  --watch 0  --max-header N
 // Routes: / /pid /sleep?ms=N /echo (body back, with its length) /stream?n=N (chunked)
 //         /throw (handler exception) /headers (the request's header names) /big?kb=N
+//         /tls (protocol, TLS, SNI, client certificate) /trailers (a body and two trailers)
+//         /reload (server::reload_certificates(): 200, or 500 with the reason)
 #include <unistd.h>
 
 #include <csignal>
@@ -21,6 +26,7 @@ int main(int argc, char** argv) {
   http::server_options& o = http::defaults();
   std::vector<std::string> addrs;
   bool log_states = false;
+  std::string sni_cert;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string f = argv[i], v = argv[i + 1];
     if (f == "--addr") {
@@ -43,6 +49,36 @@ int main(int argc, char** argv) {
       o.drain_grace = milliseconds(std::stoll(v));
     } else if (f == "--read-timeout-ms") {
       o.read_timeout = milliseconds(std::stoll(v));
+    } else if (f == "--tls-cert") {
+      o.tls.cert_file = v;
+    } else if (f == "--tls-key") {
+      o.tls.key_file = v;
+    } else if (f == "--sni-cert") {
+      sni_cert = v;
+    } else if (f == "--sni-key") {
+      o.tls.sni_certificates.emplace_back(sni_cert, v);
+    } else if (f == "--client-ca") {
+      o.tls.client_ca_file = v;
+    } else if (f == "--verify-client") {
+      o.tls.verify_client = v == "required"   ? http::client_auth::required
+                            : v == "optional" ? http::client_auth::optional
+                                              : http::client_auth::none;
+    } else if (f == "--handshake-timeout-ms") {
+      o.tls.handshake_timeout = milliseconds(std::stoll(v));
+    } else if (f == "--tls13-only") {
+      o.tls.tls13_only = v == "1";
+    } else if (f == "--watch") {
+      o.tls.watch_files = v == "1";
+    } else if (f == "--h2c") {
+      o.http2.cleartext = v == "1";
+    } else if (f == "--h2") {
+      o.http2.enabled = v == "1";
+    } else if (f == "--max-streams") {
+      o.http2.max_concurrent_streams = static_cast<std::uint32_t>(std::stoul(v));
+    } else if (f == "--goaway-wait-ms") {
+      o.http2.goaway_wait = milliseconds(std::stoll(v));
+    } else if (f == "--max-header") {
+      o.max_header_bytes = std::stoull(v);
     } else if (f == "--log-states") {
       log_states = v == "1";
     } else {
@@ -80,6 +116,24 @@ int main(int argc, char** argv) {
       out += std::string(h.name) + "\n";
     res.text(out);
   });
+  r.get("/tls", [](const http::request& req, http::response& res) {
+    res.text("HTTP/" + std::to_string(req.version_major()) + (req.secure() ? " tls" : " plain") +
+             " sni=" + std::string(req.server_name()) +
+             " client=" + std::string(req.client_certificate_subject()) + "\n");
+  });
+  r.get("/trailers", [](const http::request&, http::response& res) {
+    res.trailer("X-Checksum", "abc123").trailer("X-Items", "2");
+    res.text("with trailers\n");
+  });
+  http::server* first = nullptr;
+  r.get("/reload", [&first](const http::request&, http::response& res) {
+    try {
+      first->reload_certificates();
+      res.text("reloaded\n");
+    } catch (const std::exception& e) {
+      res.status(500).text(std::string(e.what()) + "\n");
+    }
+  });
   auto with_pid = [&](const http::request& req, http::response& res) {
     res.header("X-Pid", pid);
     r(req, res);
@@ -104,6 +158,7 @@ int main(int argc, char** argv) {
       });
     }
   }
+  first = servers[0].get();
   if (servers.size() == 1) return http::serve({servers[0].get()});
   return http::serve({servers[0].get(), servers[1].get()});
 }
