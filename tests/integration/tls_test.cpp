@@ -316,6 +316,12 @@ TEST_F(tls_test, http2_bodies_streams_trailers_and_limits) {
   std::string h1 = curl("--http1.1 -i --raw " + url("/trailers"));
   EXPECT_NE(h1.find("Transfer-Encoding: chunked"), std::string::npos) << h1;
   EXPECT_NE(h1.find("X-Checksum: abc123"), std::string::npos) << h1;
+  // A streamed response larger than the client's flow-control window (2^10-1 bytes): the
+  // handler's writes wait for WINDOW_UPDATEs.
+  std::string slow = run_command("timeout 20 nghttp -w 10 -W 10 '" + url("/stream?n=3000") +
+                                 "' 2>/dev/null | wc -c");
+  // "part-N\n" for N < 3000: 6 bytes each plus the digits.
+  EXPECT_EQ(slow, std::to_string(3000 * 6 + 10 * 1 + 90 * 2 + 900 * 3 + 2000 * 4) + "\n");
   // Many streams on one connection, more than may run at once.
   std::string many = run_command("timeout 20 h2load -n 2000 -c 2 -m 150 " + url() + " 2>&1");
   EXPECT_NE(many.find("2000 succeeded, 0 failed"), std::string::npos) << many;
