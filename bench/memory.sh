@@ -13,7 +13,11 @@ rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 build/bench/examples/hello --addr "127.0.0.1:$port" --threads 1 2>/dev/null &
 server=$!
 fifo="$(mktemp -u)"; mkfifo "$fifo"
-cleanup() { kill "$server" 2>/dev/null || true; [ -n "${client:-}" ] && kill "$client" 2>/dev/null || true; rm -f "$fifo"; }
+cleanup() {
+  kill "$server" 2>/dev/null || true
+  if [ -n "${client:-}" ]; then kill "$client" 2>/dev/null || true; fi
+  rm -f "$fifo"
+}
 trap cleanup EXIT
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.05; done
 sleep 0.5

@@ -19,9 +19,16 @@
 #
 # Environment: RESTARTS (5), INTERVAL (2 s), OUT (the report), LOADGEN (another loadgen
 # binary, e.g. build/demo/tools/loadgen; default build/bench/tools/loadgen, built when
-# missing), LOADGEN_ARGS (added to loadgen's arguments; a smoke check of the script itself:
-# RESTARTS=1 INTERVAL=1 LOADGEN_ARGS="--pause-max-ms 50" OUT=/tmp/x.md bench/peer_restart.sh
-# grace 2).
+# missing or older than tools/loadgen.cpp), LOADGEN_ARGS (added to loadgen's arguments; a
+# smoke check of the script itself: RESTARTS=1 INTERVAL=1 LOADGEN_ARGS="--pause-max-ms 50"
+# OUT=/tmp/x.md bench/peer_restart.sh grace 2), TIMELINE_MS (50: loadgen counts outcomes per
+# 50 ms bucket, so bench/plot_restarts.py can attribute failures to each restart; 0: none).
+#
+# The JSON is loadgen's, plus "run" (this run's parameters) and "restarts": per restart the
+# signal's time on loadgen's clock (sent_ms), the pids and the hand-over. Loadgen's JSON
+# gives its start as wall-clock time (start_unix_us), so signal times are converted onto its
+# clock exactly; an older loadgen without it leaves them a few ms late (this script's clock
+# starts just before loadgen's).
 #
 # Hand-over of a restart: signal sent -> first response carrying an X-Pid not seen before
 # the signal, as the client saw it. Every peer sets X-Pid: ours and the Go peers by contract;
@@ -49,6 +56,7 @@ conns=${2:-1000}
 mode=${3:-keepalive}
 restarts=${RESTARTS:-5}
 interval=${INTERVAL:-2}
+timeline_ms=${TIMELINE_MS:-50}
 build=build/bench
 declare -A port=([endless]=18100 [tableflip]=18101 [grace]=18102 [nginx]=18103 [h2o]=18104)
 declare -A sig=([endless]=HUP [tableflip]=HUP [grace]=USR2 [nginx]=HUP [h2o]=HUP)
@@ -57,6 +65,7 @@ declare -A sig=([endless]=HUP [tableflip]=HUP [grace]=USR2 [nginx]=HUP [h2o]=HUP
 [[ $mode == keepalive || $mode == close ]] || die "MODE must be keepalive or close"
 [[ $restarts =~ ^[0-9]+$ ]] || die "RESTARTS must be a whole number"
 [[ $interval =~ ^[1-9][0-9]*$ ]] || die "INTERVAL must be a whole number of seconds"
+[[ $timeline_ms =~ ^[0-9]+$ ]] || die "TIMELINE_MS must be a whole number of milliseconds"
 duration=$((restarts * interval + 2)) # 1 s of load before the first signal, >= 1 s after the last
 p=${port[$peer]}
 signal=${sig[$peer]}
@@ -66,6 +75,7 @@ missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v make >/dev/null || missing+=(make)
 command -v g++ >/dev/null || missing+=(g++)
+command -v python3 >/dev/null || missing+=(python3)
 case $peer in
   nginx) command -v nginx >/dev/null || missing+=(nginx-light) ;;
   h2o) command -v h2o >/dev/null || missing+=(h2o) ;;
@@ -76,7 +86,7 @@ loadgen=${LOADGEN:-$build/tools/loadgen}
 hello=$build/examples/hello
 targets=()
 if [[ -z ${LOADGEN:-} ]]; then
-  [[ -x $loadgen ]] || targets+=(loadgen)
+  [[ -x $loadgen && ! tools/loadgen.cpp -nt $loadgen ]] || targets+=(loadgen)
 else
   [[ -x $loadgen ]] || die "LOADGEN=$loadgen is not an executable"
 fi
@@ -259,10 +269,19 @@ load_err=$tmp/loadgen.err
 url="http://127.0.0.1:$p/"
 read -r -a extra <<<"${LOADGEN_ARGS:-}"
 load_argv=("$loadgen" --url "$url" --connections "$conns" --duration "$duration" --mode "$mode"
-  --pids --json "$json" "${extra[@]}")
+  --pids --json "$json")
+if ((timeline_ms > 0)); then
+  if "$loadgen" --help 2>/dev/null | grep -q -- --timeline-ms; then
+    load_argv+=(--timeline-ms "$timeline_ms")
+  else
+    say "warning: $loadgen has no --timeline-ms; no failures per restart for this run"
+    timeline_ms=0
+  fi
+fi
+load_argv+=("${extra[@]}")
 
 say "load: $conns connections, $mode, ${duration}s; $restarts x SIG$signal, ${interval}s apart"
-declare -a sent_ms target_pid new_file_pid
+declare -a sent_us sent_ms target_pid new_file_pid new_xpid handover_ms
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 start=$(now_us)
 "${load_argv[@]}" >"$load_out" 2>"$load_err" &
@@ -282,7 +301,7 @@ for ((i = 1; i <= restarts; i++)); do
   fi
   t=$(now_us)
   kill "-$signal" "$target"
-  sent_ms[i]=$(((t - start) / 1000)).$(printf '%03d' $(((t - start) % 1000)))
+  sent_us[i]=$t
   new_file_pid[i]=""
   case $peer in
     endless | tableflip | grace) # the pid file names the new process once it is ready
@@ -306,6 +325,23 @@ loadgen_pid=""
   die "loadgen could not run (exit $load_rc)"
 }
 [[ -s $json ]] || die "loadgen wrote no JSON to $json"
+# Signal times on loadgen's clock: its JSON says when (wall clock) that clock started.
+clock_origin=$(grep -o '"start_unix_us":[0-9]*' "$json" | head -1 | cut -d: -f2 || true)
+clock=loadgen
+if [[ -z $clock_origin ]]; then
+  clock_origin=$start
+  clock="script (a few ms late on loadgen's clock)"
+fi
+for ((i = 1; i <= restarts; i++)); do
+  sent_ms[i]=""
+  [[ -n ${sent_us[i]:-} ]] || continue
+  d=$((sent_us[i] - clock_origin))
+  if ((d < 0)); then
+    sent_ms[i]=-$((-d / 1000)).$(printf '%03d' $((-d % 1000)))
+  else
+    sent_ms[i]=$((d / 1000)).$(printf '%03d' $((d % 1000)))
+  fi
+done
 still=$(probe "$p")
 [[ $still == *"Hello Zero-Downtime!"* ]] && still_serving=yes || still_serving=NO
 
@@ -327,26 +363,65 @@ lmax=$(num max)
 firsts=$(grep -o '{"pid":[^}]*}' "$json" |
   sed -e 's/.*"pid":"\{0,1\}\([^",]*\)"\{0,1\},.*"first_ms":\([0-9.]*\).*/\1 \2/' || true)
 
+for ((i = 1; i <= restarts; i++)); do
+  new_xpid[i]=""
+  handover_ms[i]=""
+  [[ -n ${sent_ms[i]} ]] || continue
+  next=""
+  if ((i < restarts)); then next=${sent_ms[i + 1]}; fi
+  # the earliest pid first seen after this signal (and before the next one)
+  new=$(awk -v t="${sent_ms[i]}" -v n="$next" '
+    $2 + 0 >= t + 0 && (n == "" || $2 + 0 < n + 0) && (best == "" || $2 + 0 < bt) { best = $1; bt = $2 + 0 }
+    END { if (best != "") printf "%s %.1f", best, bt - t }' <<<"$firsts")
+  if [[ -n $new ]]; then
+    new_xpid[i]=${new%% *}
+    handover_ms[i]=${new#* }
+  fi
+done
+
 restart_rows() {
-  local i next new
+  local i
   for ((i = 1; i <= restarts; i++)); do
     if [[ -z ${sent_ms[i]} ]]; then
       printf '| %d | not sent | | | |\n' "$i"
       continue
     fi
-    next=""
-    if ((i < restarts)); then next=${sent_ms[i + 1]}; fi
-    # the earliest pid first seen after this signal (and before the next one)
-    new=$(awk -v t="${sent_ms[i]}" -v n="$next" '
-      $2 + 0 >= t + 0 && (n == "" || $2 + 0 < n + 0) && (best == "" || $2 + 0 < bt) { best = $1; bt = $2 + 0 }
-      END { if (best != "") printf "%s %.1f", best, bt - t }' <<<"$firsts")
     printf '| %d | %s | %s | %s | %s |\n' "$i" "${target_pid[i]}" "${new_file_pid[i]:-—}" \
-      "${new%% *}" "$([[ -n $new ]] && echo "${new#* } ms" || echo "none seen")"
+      "${new_xpid[i]}" "$([[ -n ${handover_ms[i]} ]] && echo "${handover_ms[i]} ms" || echo "none seen")"
   done
 }
 
+# This run's parameters and the restarts, added to loadgen's JSON for bench/plot_restarts.py.
+restarts_tsv=$(for ((i = 1; i <= restarts; i++)); do
+  printf '%d\t%s\t%s\t%s\t%s\t%s\n' "$i" "${sent_ms[i]}" "${target_pid[i]:-}" \
+    "${new_file_pid[i]:-}" "${new_xpid[i]}" "${handover_ms[i]}"
+done)
+python3 - "$json" "$peer" "$conns" "$mode" "$restarts" "$interval" "SIG$signal" "$timeline_ms" \
+  "$clock" "$(date -Is)" "$restarts_tsv" <<'PY' || die "could not add the restarts to $json"
+import json, sys
+path, peer, conns, mode, restarts, interval, sig, timeline_ms, clock, when, tsv = sys.argv[1:]
+num = lambda s, f=float: f(s) if s else None
+with open(path) as f:
+    d = json.load(f)
+d["run"] = {"peer": peer, "connections": int(conns), "mode": mode, "restarts": int(restarts),
+            "interval_s": int(interval), "signal": sig, "timeline_ms": int(timeline_ms),
+            "signal_clock": clock, "finished": when}
+d["restarts"] = []
+for line in tsv.splitlines():
+    i, sent, target, file_pid, xpid, hand = (line.split("\t") + [""] * 6)[:6]
+    d["restarts"].append({"restart": int(i), "sent_ms": num(sent), "signalled_pid": num(target, int),
+                          "pid_file_pid": num(file_pid, int),
+                          "first_new_xpid": int(xpid) if xpid.isdigit() else (xpid or None),
+                          "handover_ms": num(hand)})
+with open(path + ".tmp", "w") as f:
+    json.dump(d, f, separators=(",", ":"))
+    f.write("\n")
+import os
+os.replace(path + ".tmp", path)
+PY
+
 case $peer in
-  endless) what="examples/hello (ours, Release, $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ', uncommitted changes')), default threads (one per CPU)" ;;
+  endless) what="examples/hello (ours, Release, $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ', uncommitted changes'); binary built $(date -r "$hello" '+%F %T' 2>/dev/null || echo '?')), default threads (one per CPU)" ;;
   tableflip) what="bench/peers/tableflip: Go $(go env GOVERSION 2>/dev/null || echo '?') net/http + cloudflare/tableflip $(dpkg-query -W -f='${Version}' golang-github-cloudflare-tableflip-dev 2>/dev/null || echo '?') (Debian), GOMAXPROCS = CPUs" ;;
   grace) what="bench/peers/grace: Go $(go env GOVERSION 2>/dev/null || echo '?') net/http + facebookgo/grace/gracehttp $(dpkg-query -W -f='${Version}' golang-github-facebookgo-grace-dev 2>/dev/null || echo '?') (Debian), GOMAXPROCS = CPUs" ;;
   nginx) what="$(nginx -v 2>&1 | sed 's/^nginx version: //') with bench/nginx.conf (master + 1 worker) plus add_header X-Pid \$pid; restart = reload" ;;
@@ -368,7 +443,7 @@ if [[ ! -s $out ]]; then
     echo "class but reset_reused) and the **keep-alive race** (reset_reused: the server closed an idle"
     echo "kept-alive connection just as the client sent on it; a client retrying idempotent requests"
     echo "would not see it). Hand-over: signal sent -> first response carrying a new X-Pid, as the"
-    echo "client saw it (a few ms low at most: loadgen's clock starts after its own start-up)."
+    echo "client saw it, on loadgen's clock."
   } >>"$out"
 fi
 {
@@ -377,6 +452,9 @@ fi
   echo
   echo "- server: $what"
   echo "- $restarts x SIG$signal, one every $interval s from 1 s into $duration s of load; load average before: $load_before"
+  if ((timeline_ms > 0)); then
+    echo "- outcomes per ${timeline_ms} ms in the JSON (timeline); signal times on the $clock clock"
+  fi
   echo "- still serving after the run: $still_serving; loadgen JSON: \`$(basename "$json")\`"
   echo
   echo "| requests | ok | hard failures | keep-alive race (reset_reused) | req/s | p50 | p99 | max |"

@@ -1,15 +1,38 @@
 #!/usr/bin/env python3
-"""Restart metrics for a server that follows DESIGN.md's example contract (examples/hello):
-old-process exit time, hand-over time, the longest gap a 2 ms probe sees, peak RSS of old +
-new during a restart against steady state, CPU cost of a restart (user+sys of the old process
-from the signal to its exit plus the new process's start-up), and open fds before/after N
-restarts. Prints a Markdown section.
+"""Restart metrics for one server: old-process exit time, hand-over time, the longest gap a
+2 ms probe sees, RSS of old + new sampled every 2 ms through the restarts (peak against steady
+state), CPU cost of a restart, and open fds before/after N restarts. Prints a Markdown section;
+--json also writes every figure and the RSS samples (per process and summed, with the signal
+times) for bench/plot_restarts.py.
 
-  restart_metrics.py BINARY [--restarts 5] [--fd-restarts 100] [--signal HUP]
+  restart_metrics.py SERVER [--restarts 5] [--fd-restarts 100] [--signal HUP] [--port 18098]
+                            [--json FILE]
+
+SERVER is either the path of a binary that follows DESIGN.md's example contract
+(examples/hello, build/bench/peers/tableflip, build/bench/peers/grace: --addr, --pidfile,
+X-Pid; it restarts on the signal by replacing itself with a new process), or the word `nginx`
+or `h2o`: the distribution's server in master mode, configured as bench/peer_restart.sh does
+(bench/nginx.conf plus `add_header X-Pid $pid`; bench/h2o.conf under `h2o -m master`). Their
+pid file names the master, which a restart keeps; the serving processes (nginx's worker, h2o's
+server process under start_server) change. What is measured, per kind:
+
+  figure                 contract server                 nginx / h2o (master mode)
+  signal sent to         the pid in the pid file         the master
+  old process(es)        that pid                        the master's descendants then
+  pid file names new     when the file names a new pid   - (it names the master throughout)
+  first answer, new pid  the probe's first answer with an X-Pid not seen before the signal
+  old process gone       the old pid exits               every old descendant exits
+  RSS                    old + new + their descendants   master + all its descendants
+  CPU of a restart       user+sys, from the signal to the end of the restart, of every process
+                         measured (for nginx and h2o that includes the master's own work);
+                         a process born during the restart counts from its start
+  open fds               the serving process             summed over master + descendants
 """
-import argparse, os, signal, socket, subprocess, sys, tempfile, threading, time
+import argparse, json, os, signal, socket, subprocess, sys, tempfile, threading, time
 
 TICK = os.sysconf("SC_CLK_TCK")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_S = 0.002
 
 
 def get(port, path="/", timeout=2.0):
@@ -25,6 +48,15 @@ def get(port, path="/", timeout=2.0):
         return data
     finally:
         s.close()
+
+
+def x_pid(response):
+    head = response.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"x-pid":
+            return value.strip().decode(errors="replace")
+    return None
 
 
 def read_pid(path):
@@ -46,13 +78,39 @@ def alive(pid):
         return False
 
 
-def cpu_seconds(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-    except (OSError, IndexError):
-        return None
+def proc_table():
+    """pid -> (ppid, user+sys ticks, comm) for every live process, from one pass over /proc."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        head, _, rest = raw.rpartition(b")")
+        fields = rest.split()
+        if len(fields) < 13 or fields[0] == b"Z":
+            continue
+        comm = head.partition(b"(")[2].decode(errors="replace")
+        table[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]), comm)
+    return table
+
+
+def descendants(roots, table):
+    """roots (those alive) and every live descendant of them."""
+    kids = {}
+    for pid, (ppid, _, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    out, queue = set(), [r for r in roots if r in table]
+    while queue:  # bounded: each live pid enters once
+        pid = queue.pop()
+        if pid in out:
+            continue
+        out.add(pid)
+        queue.extend(kids.get(pid, ()))
+    return out
 
 
 def rss_kib(pid):
@@ -67,31 +125,10 @@ def rss_kib(pid):
 
 
 def fds(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-class probe(threading.Thread):
-    """A request every 2 ms on a new connection; the longest time without a success."""
-
-    def __init__(self, port):
-        super().__init__(daemon=True)
-        self.port, self.stop, self.gap, self.failures, self.count = port, False, 0.0, 0, 0
-
-    def run(self):
-        last_ok = time.monotonic()
-        while not self.stop:
-            t = time.monotonic()
-            try:
-                if b"200 OK" in get(self.port):
-                    now = time.monotonic()
-                    self.gap = max(self.gap, now - last_ok)
-                    last_ok = now
-                    self.count += 1
-                else:
-                    self.failures += 1
-            except OSError:
-                self.failures += 1
-            time.sleep(max(0.0, 0.002 - (time.monotonic() - t)))
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 def wait_for(pred, timeout):
@@ -104,94 +141,382 @@ def wait_for(pred, timeout):
     return None
 
 
+class Server:
+    """One server we started, and how to find its processes."""
+
+    def __init__(self, spec, port, tmp):
+        self.port, self.tmp = port, tmp
+        self.log = open(os.path.join(tmp, "log"), "w")
+        self.kind = spec if spec in ("nginx", "h2o") else "contract"
+        self.master = None  # nginx / h2o: the pid the pid file names (kept by a restart)
+        if self.kind == "contract":
+            self.pidfile = os.path.join(tmp, "pid")
+            self.label = f"`{os.path.relpath(spec)}`"
+            argv = [spec, "--addr", f"127.0.0.1:{port}", "--pidfile", self.pidfile]
+        elif self.kind == "nginx":
+            argv = self._nginx()
+        else:
+            argv = self._h2o()
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log)
+        self.comm = {}  # every pid measured -> its name: stop() ends those still alive
+        self.roots = {self.proc.pid}  # contract servers: every serving pid seen while it lives
+
+    def _nginx(self):
+        d = os.path.join(self.tmp, "nginx")
+        os.makedirs(d)
+        os.chmod(self.tmp, 0o755)  # workers run as nobody when started as root
+        with open(os.path.join(ROOT, "bench", "nginx.conf")) as f:
+            conf = f.read().replace("@PORT@", str(self.port)).replace("@DIR@", d)
+        built = subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr
+        lines = []
+        for line in conf.splitlines():
+            tag = line.rsplit("# needs:", 1)
+            if len(tag) == 2 and f"--without-{tag[1].strip()}_module" in built:
+                continue
+            if line.strip().startswith("return 200 "):  # the worker's pid, as peer_restart.sh
+                lines.append(line[: len(line) - len(line.lstrip())] + "add_header X-Pid $pid;")
+            lines.append(line)
+        path = os.path.join(d, "nginx.conf")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.pidfile = os.path.join(d, "nginx.pid")
+        self.label = "nginx (bench/nginx.conf, master + 1 worker, add_header X-Pid $pid)"
+        return ["nginx", "-p", d + "/", "-c", path, "-e", os.path.join(d, "error.log")]
+
+    def _h2o(self):
+        d = os.path.join(self.tmp, "h2o")
+        os.makedirs(d)
+        os.chmod(self.tmp, 0o755)
+        with open(os.path.join(ROOT, "bench", "h2o.conf")) as f:
+            conf = f.read().replace("@PORT@", str(self.port)).replace("@DIR@", d)
+        if os.getuid() != 0:
+            conf = "\n".join(l for l in conf.splitlines() if "# root-only" not in l) + "\n"
+        path = os.path.join(d, "h2o.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        self.pidfile = os.path.join(d, "h2o.pid")
+        self.label = "h2o -m master (start_server; bench/h2o.conf, 1 thread, mruby X-Pid)"
+        return ["h2o", "-m", "master", "-c", path]
+
+    def ready(self, timeout=10):
+        def up():
+            if self.proc.poll() is not None:
+                return "exited"
+            pid = read_pid(self.pidfile)
+            try:
+                return pid if pid and b"Hello Zero-Downtime!" in get(self.port) else None
+            except OSError:
+                return None
+
+        pid = wait_for(up, timeout)
+        if pid in (None, "exited"):
+            return False
+        if self.kind != "contract":
+            self.master = pid
+        return True
+
+    def target(self):
+        """The pid the restart signal goes to."""
+        return self.master if self.master else read_pid(self.pidfile)
+
+    def serving(self, table=None):
+        """The processes that answer requests now."""
+        table = table if table is not None else proc_table()
+        if self.master:
+            return descendants([self.master], table) - {self.master}
+        pid = read_pid(self.pidfile)
+        return descendants([pid], table) if pid else set()
+
+    def stop(self):
+        """TERM every process of ours still alive (a measured pid only if it still runs the
+        same program, against pid reuse), KILL what is left after 10 s."""
+        table = proc_table()
+        roots = {r for r in self.roots | {self.master, read_pid(self.pidfile)}
+                 if r in table and self.comm.get(r, table[r][2]) == table[r][2]}
+        pids = descendants(roots, table)
+        pids |= {p for p, c in self.comm.items() if p in table and table[p][2] == c}
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGTERM)
+            except OSError:
+                pass
+        wait_for(lambda: not any(alive(p) for p in pids), 10)
+        for p in pids:
+            if alive(p):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class Probe(threading.Thread):
+    """A request every 2 ms on a new connection: the longest time without a success, and the
+    X-Pid and time of every answer."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port, self.stop, self.gap, self.failures, self.count = port, False, 0.0, 0, 0
+        self.answers = []  # (monotonic time, X-Pid)
+
+    def run(self):
+        last_ok = time.monotonic()
+        while not self.stop:
+            t = time.monotonic()
+            try:
+                r = get(self.port)
+                if b" 200 " in r.split(b"\r\n", 1)[0]:
+                    now = time.monotonic()
+                    self.gap = max(self.gap, now - last_ok)
+                    last_ok = now
+                    self.count += 1
+                    self.answers.append((now, x_pid(r)))
+                else:
+                    self.failures += 1
+            except OSError:
+                self.failures += 1
+            time.sleep(max(0.0, SAMPLE_S - (time.monotonic() - t)))
+
+
+class Sampler(threading.Thread):
+    """Every 2 ms: the server's processes (see Server), their VmRSS and CPU ticks."""
+
+    def __init__(self, server):
+        super().__init__(daemon=True)
+        self.server, self.stop = server, False
+        self.samples = []  # (monotonic time, {pid: (rss KiB, cpu ticks)})
+
+    def run(self):
+        srv = self.server
+        while not self.stop:
+            t = time.monotonic()
+            table = proc_table()
+            if srv.master:
+                pids = descendants([srv.master], table)
+            else:
+                pid = read_pid(srv.pidfile)
+                if pid:
+                    srv.roots.add(pid)
+                srv.roots = {p for p in srv.roots if p in table}
+                # the new process is the old one's child until the old one exits
+                pids = descendants(srv.roots, table)
+            now = {}
+            for p in pids:
+                now[p] = (rss_kib(p), table[p][1])
+                srv.comm.setdefault(p, table[p][2])
+            self.samples.append((t, now))
+            time.sleep(max(0.0, SAMPLE_S - (time.monotonic() - t)))
+
+
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("binary")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("server", help="a contract binary's path, or nginx, or h2o")
     ap.add_argument("--restarts", type=int, default=5)
     ap.add_argument("--fd-restarts", type=int, default=100)
     ap.add_argument("--signal", default="HUP")
     ap.add_argument("--port", type=int, default=18098)
+    ap.add_argument("--json", help="also write every figure and the RSS samples here")
+    ap.add_argument("--name", help="the server's name in the JSON (default: from SERVER)")
     a = ap.parse_args()
+    if a.restarts < 1 or a.fd_restarts < a.restarts:
+        sys.exit("restart_metrics: need 1 <= --restarts <= --fd-restarts")
     sig = getattr(signal, "SIG" + a.signal)
-    tmp = tempfile.mkdtemp()
-    pidfile = os.path.join(tmp, "pid")
-    log = open(os.path.join(tmp, "log"), "w")
-    first = subprocess.Popen([a.binary, "--addr", f"127.0.0.1:{a.port}", "--pidfile", pidfile],
-                             stdout=log, stderr=log)
-    pid = wait_for(lambda: read_pid(pidfile), 10)
-    if not pid:
-        first.kill()
-        sys.exit("server did not start")
+    tmp = tempfile.mkdtemp(prefix="endless-metrics.")
+    srv = Server(a.server, a.port, tmp)
+    try:
+        run(a, sig, srv)
+    finally:
+        srv.stop()
+        subprocess.run(["rm", "-rf", tmp])
+
+
+def run(a, sig, srv):
+    if not srv.ready():
+        srv.log.flush()
+        with open(srv.log.name) as f:
+            sys.stderr.write(f.read()[-2000:])
+        sys.exit(f"restart_metrics: {a.server} did not answer GET / on 127.0.0.1:{a.port}")
     for _ in range(50):
         get(a.port)
-    steady = rss_kib(pid)
-    fds_before = fds(pid)
-    p = probe(a.port)
-    p.start()
-    rows = []
+    table = proc_table()
+    first_serving = srv.serving(table)
+    measured = descendants([srv.master], table) if srv.master else first_serving
+    fds_before = sum(fds(p) for p in measured)
+    procs_before = len(measured)
+    probe, sampler = Probe(a.port), Sampler(srv)
+    sampler.start()
+    probe.start()
+    rows, marks = [], []  # marks: (signal time, end of the restart)
     for i in range(a.restarts):
         time.sleep(0.5)
-        old = pid
-        old_cpu0 = cpu_seconds(old)
-        peak = [steady]
-        sampling = [True]
-        last_old_cpu = [old_cpu0]
-
-        def sample():
-            while sampling[0]:
-                total = rss_kib(old)
-                new = read_pid(pidfile)
-                if new and new != old:
-                    total += rss_kib(new)
-                c = cpu_seconds(old)
-                if c is not None:
-                    last_old_cpu[0] = c
-                peak[0] = max(peak[0], total)
-                time.sleep(0.002)
-
-        t = threading.Thread(target=sample, daemon=True)
-        t.start()
+        target = srv.target()
+        old = srv.serving()
+        seen = {p for _, p in probe.answers}
+        first_idx = len(probe.answers)
         t0 = time.monotonic()
-        os.kill(old, sig)
-        new = wait_for(lambda: (lambda n: n if n and n != old else None)(read_pid(pidfile)), 15)
-        handover = (time.monotonic() - t0) * 1000
-        gone = wait_for(lambda: not alive(old), 70)
-        exit_ms = (time.monotonic() - t0) * 1000
-        time.sleep(0.05)
-        sampling[0] = False
-        t.join()
-        new_cpu = cpu_seconds(new) or 0.0
-        rows.append((i + 1, old, new, handover, exit_ms if gone else float("nan"), peak[0],
-                     (last_old_cpu[0] - old_cpu0) * 1000 + new_cpu * 1000))
-        pid = new
-    p.stop = True
-    p.join()
-    fds_after_5 = fds(pid)
-    for _ in range(a.fd_restarts - a.restarts):
-        old = pid
-        os.kill(old, sig)
-        pid = wait_for(lambda: (lambda n: n if n and n != old else None)(read_pid(pidfile)), 15)
-        wait_for(lambda: not alive(old), 70)
-        get(a.port)
-    fds_after = fds(pid)
-    os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not alive(pid), 10)
-    first.wait(timeout=1) if first.poll() is None else None
+        os.kill(target, sig)
+        if srv.master:
+            file_ms = None
+        else:
+            n = wait_for(lambda: (lambda v: v if v and v != target else None)(
+                read_pid(srv.pidfile)), 15)
+            file_ms = (time.monotonic() - t0) * 1000 if n else None
 
-    print(f"Binary: `{os.path.relpath(a.binary)}`; steady-state RSS {steady} KiB; probe: "
-          f"{p.count} requests every 2 ms on new connections, {p.failures} failed, longest gap "
-          f"between two answers {p.gap * 1000:.1f} ms over {a.restarts} restarts.")
+        def first_new():
+            for t, p in probe.answers[first_idx:]:
+                if t >= t0 and p is not None and p not in seen:
+                    return (t, p)
+            return None
+
+        answer = wait_for(first_new, 15)
+        gone = wait_for(lambda: not any(alive(p) for p in old), 70)
+        end = time.monotonic()
+        time.sleep(0.05)
+        new = srv.serving()
+        r3 = lambda v: None if v is None else round(v, 3)
+        rows.append({"restart": i + 1, "signalled_pid": target, "old_pids": sorted(old),
+                     "new_pids": sorted(new),
+                     "pid_file_ms": r3(file_ms),
+                     "first_new_answer_ms": r3((answer[0] - t0) * 1000 if answer else None),
+                     "first_new_xpid": answer[1] if answer else None,
+                     "old_gone_ms": r3((end - t0) * 1000 if gone else None)})
+        marks.append((t0, time.monotonic()))
+    time.sleep(0.2)
+    probe.stop = sampler.stop = True
+    probe.join()
+    sampler.join()
+
+    # RSS and CPU from the samples
+    samples = sampler.samples
+    before = [sum(r for r, _ in s.values()) for t, s in samples if t < marks[0][0]]
+    steady = sorted(before)[len(before) // 2] if before else 0
+    for row, (t0, t1) in zip(rows, marks):
+        window = [(t, s) for t, s in samples if t0 <= t <= t1]
+        at_signal = next((s for t, s in reversed(samples) if t < t0), {})
+        row["peak_rss_kib"] = max((sum(r for r, _ in s.values()) for _, s in window), default=0)
+        last = {}
+        for _, s in window:
+            for p, (_, c) in s.items():
+                last[p] = c
+        ticks = sum(c - at_signal.get(p, (0, 0))[1] for p, c in last.items())
+        row["cpu_ms"] = ticks * 1000 / TICK
+        row["cpu_processes"] = len(last)
+
+    fds_after_n = sum(fds(p) for p in measured_now(srv))
+    # The remaining restarts, back to back. A signal that starts no restart within 2 s (some
+    # servers refuse an upgrade while they still settle after the previous one) is sent again,
+    # up to 10 times; how often that happened is reported.
+    resent, stuck = 0, 0
+    for _ in range(a.fd_restarts - a.restarts):
+        old = srv.serving()
+        old_pid = srv.target()
+        seen = {str(p) for p in old}
+
+        def new_pid():
+            v = read_pid(srv.pidfile)
+            return v if v and v != old_pid else None
+
+        def new_answer():
+            try:
+                p = x_pid(get(a.port))
+            except OSError:
+                return None
+            return p if p and p not in seen else None
+
+        for attempt in range(10):
+            os.kill(old_pid, sig)
+            if wait_for(new_answer if srv.master else new_pid, 2):
+                break
+            resent += 1
+        else:
+            stuck += 1
+        wait_for(lambda: not any(alive(p) for p in old), 70)
+        get(a.port)
+    final = measured_now(srv)
+    fds_after = sum(fds(p) for p in final)
+
+    name = a.name or (a.server if srv.kind != "contract" else os.path.basename(a.server))
+    t_origin = samples[0][0] if samples else 0
+    ms = lambda t: round((t - t_origin) * 1000, 1)
+    procs = {}
+    for t, s in samples:
+        for p, (r, _) in s.items():
+            procs.setdefault(p, []).append([ms(t), r])
+    intervals = [b[0] - a_[0] for a_, b in zip(samples, samples[1:])]
+    result = {
+        "server": name, "kind": srv.kind, "label": srv.label, "port": a.port,
+        "signal": "SIG" + a.signal, "restarts": rows, "steady_rss_kib": steady,
+        "processes_at_start": procs_before,
+        "probe": {"answers": probe.count, "failures": probe.failures,
+                  "longest_gap_ms": round(probe.gap * 1000, 3)},
+        "fds": {"start": fds_before, "after_restarts": fds_after_n,
+                "after_fd_restarts": fds_after, "restarts": a.restarts,
+                "fd_restarts": a.fd_restarts, "processes_at_end": len(final),
+                "signals_resent": resent, "restarts_not_started": stuck},
+        "rss": {
+            "interval_ms": SAMPLE_S * 1000,
+            "mean_interval_ms": round(sum(intervals) / len(intervals) * 1000, 3) if intervals else None,
+            "signals_ms": [ms(t0) for t0, _ in marks],
+            "restart_ends_ms": [ms(t1) for _, t1 in marks],
+            "total": [[ms(t), sum(r for r, _ in s.values())] for t, s in samples],
+            "processes": {str(p): {"comm": srv.comm.get(p, "?"), "samples": v}
+                          for p, v in procs.items()},
+        },
+    }
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, separators=(",", ":"))
+            f.write("\n")
+    report(a, srv, result)
+
+
+def measured_now(srv):
+    table = proc_table()
+    return descendants([srv.master], table) if srv.master else srv.serving(table)
+
+
+def report(a, srv, r):
+    p = r["probe"]
+    n = r["processes_at_start"]
+    what = f"{n} processes: master + descendants" if srv.master else f"{n} process"
+    print(f"Server: {srv.label}; steady-state RSS {r['steady_rss_kib']} KiB "
+          f"({what}; median of the 2 ms samples over the 0.5 s "
+          f"before the first signal); probe: {p['answers']} requests every 2 ms on new "
+          f"connections, {p['failures']} failed, longest gap between two answers "
+          f"{p['longest_gap_ms']:.1f} ms over {a.restarts} restarts; RSS sampled every "
+          f"{r['rss']['mean_interval_ms']} ms on average.")
     print()
-    print("| restart | old pid | new pid | pid file names the new pid after | old process gone after "
-          "| peak RSS old+new | peak / steady | CPU of the restart (old drain + new start) |")
-    print("|--:|--:|--:|--:|--:|--:|--:|--:|")
-    for r in rows:
-        cpu = f"{r[6]:.0f} ms" if r[6] >= 10 else "< 10 ms"  # /proc counts in 10 ms ticks
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} ms | {r[4]:.1f} ms | {r[5]} KiB | "
-              f"{r[5] / steady:.2f}x | {cpu} |")
+    f = lambda v: "—" if v is None else f"{v:.1f} ms"
+    pids = lambda v: " ".join(str(x) for x in v) or "—"
+    print("| restart | signal sent to | old pid(s) | new pid(s) | pid file names the new pid after "
+          "| first answer from a new pid | old process(es) gone after | peak RSS old+new "
+          "| peak / steady | CPU of the restart |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for row in r["restarts"]:
+        cpu = row["cpu_ms"]
+        cpu = f"{cpu:.0f} ms" if cpu >= 10 else "< 10 ms"  # /proc counts in 10 ms ticks
+        ratio = row["peak_rss_kib"] / r["steady_rss_kib"] if r["steady_rss_kib"] else float("nan")
+        file_ms = "— (names the master)" if srv.master else f(row["pid_file_ms"])
+        print(f"| {row['restart']} | {row['signalled_pid']} | {pids(row['old_pids'])} | "
+              f"{pids(row['new_pids'])} | {file_ms} | {f(row['first_new_answer_ms'])} | "
+              f"{f(row['old_gone_ms'])} | {row['peak_rss_kib']} KiB | {ratio:.2f}x | {cpu} |")
     print()
-    print(f"Open fds of the serving process: {fds_before} at start, {fds_after_5} after "
-          f"{a.restarts} restarts, {fds_after} after {a.fd_restarts} restarts.")
+    d = r["fds"]
+    where = ("summed over the master and its descendants "
+             f"({r['processes_at_start']} processes at start, {d['processes_at_end']} at the end)"
+             if srv.master else "of the serving process")
+    print(f"Open fds {where}: {d['start']} at start, {d['after_restarts']} after "
+          f"{d['restarts']} restarts, {d['after_fd_restarts']} after {d['fd_restarts']} restarts.")
+    if d["signals_resent"] or d["restarts_not_started"]:
+        print()
+        print(f"Of the {d['fd_restarts'] - d['restarts']} back-to-back restarts after the first "
+              f"{d['restarts']}, {d['signals_resent']} signal(s) started no restart within 2 s "
+              f"and were sent again; {d['restarts_not_started']} restart(s) never started "
+              f"after 10 signals.")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@
 // except, with --requests, one atomic counter of claimed requests; statistics are merged
 // after join. The signal handler only sets a flag. Only the C++ standard library and Linux
 // system calls are used, so the tool builds wherever the library does.
+//
+// --timeline-ms W adds a time series: per W-ms bucket of the run, how many requests ended ok
+// and how many failed, by class, each counted in the bucket where its outcome became known
+// (response complete, failure detected). The buckets are allocated before the clock starts,
+// sized by --duration plus the drain, so recording one is an index and an increment.
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -59,7 +64,7 @@ std::int64_t nanos(clock_type::duration d) {
 constexpr const char* kUsage =
     "usage: loadgen --url http://HOST[:PORT]/PATH [--connections N] [--duration S | --requests N]\n"
     "               [--mode keepalive|close] [--threads T] [--pause-max-ms M] [--timeout-ms T]\n"
-    "               [--json FILE] [--pids]\n"
+    "               [--json FILE] [--pids] [--timeline-ms W]\n"
     "  --connections N    concurrent connections (default 64)\n"
     "  --duration S       run for S seconds (default 10), then let requests in flight finish\n"
     "  --requests N       run exactly N requests in total instead\n"
@@ -69,10 +74,12 @@ constexpr const char* kUsage =
     "  --timeout-ms T     a request without a complete response by then fails (default 10000)\n"
     "  --json FILE        also write the results as JSON\n"
     "  --pids             list each X-Pid response header value seen\n"
+    "  --timeline-ms W    count outcomes per W-ms bucket of the run (JSON only; needs a duration)\n"
     "exit status: 0 no failure, 1 some failure, 2 bad usage or could not run\n";
 
 constexpr int kLoggedFailures = 5;      // described on stderr; the rest are only counted
 constexpr std::size_t kMaxPids = 1024;  // a server sending a new X-Pid every time is not ours
+constexpr std::size_t kMaxTimelineBuckets = std::size_t{1} << 18;  // 8 MiB per thread at most
 
 std::atomic<bool> g_interrupted{false};
 
@@ -102,6 +109,7 @@ struct config {
   int timeout_ms = 10000;
   std::string json_path;
   bool show_pids = false;
+  int timeline_ms = 0;  // 0: no timeline
   std::string request;  // the exact bytes of every request
 };
 
@@ -154,11 +162,18 @@ std::string set_target(config& cfg, const std::string& url) {
   return "";
 }
 
+// Buckets for the whole run: the duration, then the drain (at most the timeout plus 2 s, see
+// worker::begin_stop), then one more for rounding.
+std::size_t timeline_buckets(const config& cfg) {
+  double total_ms = cfg.duration_s * 1000 + cfg.timeout_ms + 2000;
+  return static_cast<std::size_t>(std::ceil(total_ms / cfg.timeline_ms)) + 1;
+}
+
 // Returns an error message, or "" with `help` set or `cfg` filled in.
 std::string parse_args(int argc, char** argv, config& cfg, bool& help) {
-  static constexpr std::string_view kValued[] = {"--url",          "--connections", "--duration",
-                                                 "--requests",     "--mode",        "--threads",
-                                                 "--pause-max-ms", "--timeout-ms",  "--json"};
+  static constexpr std::string_view kValued[] = {
+      "--url",     "--connections",  "--duration",   "--requests", "--mode",
+      "--threads", "--pause-max-ms", "--timeout-ms", "--json",     "--timeline-ms"};
   std::string url;
   bool have_duration = false;
   for (int i = 1; i < argc; ++i) {
@@ -206,11 +221,18 @@ std::string parse_args(int argc, char** argv, config& cfg, bool& help) {
     } else if (flag == "--json") {
       if (value.empty()) return bad;
       cfg.json_path = value;
+    } else if (flag == "--timeline-ms") {
+      if (!parse_number(value, 1, 3600000, cfg.timeline_ms)) return bad;
     }
   }
   if (url.empty()) return "--url is required";
   if (have_duration && cfg.requests != 0) return "--duration and --requests exclude each other";
   if (cfg.threads > cfg.connections) return "--threads must not exceed --connections";
+  if (cfg.timeline_ms != 0 && cfg.requests != 0)
+    return "--timeline-ms needs a --duration (the buckets are sized by it)";
+  if (cfg.timeline_ms != 0 && timeline_buckets(cfg) > kMaxTimelineBuckets)
+    return "--timeline-ms too fine for this --duration (at most " +
+           std::to_string(kMaxTimelineBuckets) + " buckets)";
   return set_target(cfg, url);
 }
 
@@ -505,6 +527,13 @@ constexpr std::size_t kFailureKinds = 7;
 constexpr const char* kFailureNames[kFailureKinds] = {
     "connect", "reset_new", "reset_reused", "reset_mid", "timeout", "bad_status", "malformed"};
 
+// Outcomes that became known within one timeline bucket. 32 bits: even 1 s buckets at 1M req/s
+// stay far below 2^32.
+struct timeline_bucket {
+  std::uint32_t ok = 0;
+  std::array<std::uint32_t, kFailureKinds> failures{};
+};
+
 struct pid_stat {
   std::string pid;
   std::uint64_t count = 0;
@@ -516,7 +545,23 @@ struct stats {
   std::uint64_t ok = 0;
   std::array<std::uint64_t, kFailureKinds> failures{};
   histogram latency;
-  std::vector<pid_stat> pids;  // in order of first appearance
+  std::vector<pid_stat> pids;             // in order of first appearance
+  std::vector<timeline_bucket> timeline;  // empty without --timeline-ms
+  std::int64_t bucket_ns = 1;
+
+  void enable_timeline(const config& cfg) {
+    if (cfg.timeline_ms == 0) return;
+    timeline.assign(timeline_buckets(cfg), {});
+    bucket_ns = std::int64_t{cfg.timeline_ms} * 1000000;
+  }
+
+  // at_ns: since the start of the run. Never past the end: the run is bounded by the duration
+  // and the drain the buckets are sized for; clamped all the same.
+  timeline_bucket* bucket_at(std::int64_t at_ns) {
+    if (timeline.empty()) return nullptr;
+    auto i = static_cast<std::size_t>(std::max<std::int64_t>(at_ns, 0) / bucket_ns);
+    return &timeline[std::min(i, timeline.size() - 1)];
+  }
 
   std::uint64_t failed() const {
     std::uint64_t n = 0;
@@ -538,6 +583,13 @@ struct stats {
   }
 
   void merge(const stats& o) {
+    if (timeline.size() < o.timeline.size()) timeline.resize(o.timeline.size());
+    bucket_ns = o.bucket_ns;
+    for (std::size_t i = 0; i < o.timeline.size(); ++i) {
+      timeline[i].ok += o.timeline[i].ok;
+      for (std::size_t k = 0; k < kFailureKinds; ++k)
+        timeline[i].failures[k] += o.timeline[i].failures[k];
+    }
     ok += o.ok;
     for (std::size_t i = 0; i < kFailureKinds; ++i)
       failures[i] += o.failures[i];
@@ -559,8 +611,9 @@ struct stats {
 
 struct shared_state {
   time_point start;
-  std::atomic<std::uint64_t> claimed{0};  // --requests: requests started by all workers
-  std::atomic<int> logged{0};             // failures described on stderr so far
+  std::chrono::system_clock::time_point start_wall;  // the same instant, for other processes
+  std::atomic<std::uint64_t> claimed{0};             // --requests: requests started by all workers
+  std::atomic<int> logged{0};                        // failures described on stderr so far
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -600,6 +653,7 @@ class worker {
         scan_interval_(std::clamp(cfg.timeout_ms / 10, 1, 100)) {
     for (std::uint32_t i = 0; i < count; ++i)
       conns_[i].id = first_id + i;
+    stats_.enable_timeline(cfg);
   }
   ~worker() {
     for (connection& c : conns_)
@@ -814,6 +868,7 @@ class worker {
     if (status >= 200 && status < 300) {
       ++stats_.ok;
       stats_.latency.record(static_cast<std::uint64_t>(nanos(end - c.write_start)));
+      if (timeline_bucket* b = stats_.bucket_at(nanos(end - shared_.start))) ++b->ok;
     } else {
       char why[32];
       std::snprintf(why, sizeof why, "status %d", status);
@@ -838,6 +893,8 @@ class worker {
 
   void count_failure(const connection& c, failure kind, int err, const char* detail) {
     ++stats_.failures[static_cast<std::size_t>(kind)];
+    if (!stats_.timeline.empty())
+      ++stats_.bucket_at(nanos(clock_type::now() - shared_.start))->failures[std::size_t(kind)];
     if (shared_.logged.load(std::memory_order_relaxed) >= kLoggedFailures) return;
     if (shared_.logged.fetch_add(1, std::memory_order_relaxed) >= kLoggedFailures) return;
     std::chrono::duration<double, std::milli> at = clock_type::now() - shared_.start;
@@ -964,11 +1021,17 @@ std::string json_pid(const std::string& pid) {
   return out + "\"";
 }
 
-std::string write_json(const std::string& path, const stats& s, const summary& r) {
+std::string write_json(const std::string& path, const stats& s, const summary& r,
+                       const shared_state& shared) {
   std::FILE* out = std::fopen(path.c_str(), "we");
   if (!out) return "can't write " + path + ": " + errno_text(errno);
-  std::fprintf(out, "{\"requests\":%llu,\"ok\":%llu,\"failed\":%llu,\"failures\":{",
-               ull(r.requests), ull(r.ok), ull(r.failed));
+  auto start_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(shared.start_wall.time_since_epoch())
+          .count();
+  std::fprintf(out,
+               "{\"start_unix_us\":%lld,\"requests\":%llu,\"ok\":%llu,\"failed\":%llu,"
+               "\"failures\":{",
+               static_cast<long long>(start_us), ull(r.requests), ull(r.ok), ull(r.failed));
   for (std::size_t i = 0; i < kFailureKinds; ++i)
     std::fprintf(out, "%s\"%s\":%llu", i ? "," : "", kFailureNames[i], ull(s.failures[i]));
   const auto& l = r.latency_ms;
@@ -982,7 +1045,31 @@ std::string write_json(const std::string& path, const stats& s, const summary& r
                  i ? "," : "", json_pid(p.pid).c_str(), ull(p.count),
                  static_cast<double>(p.first_ns) / 1e6, static_cast<double>(p.last_ns) / 1e6);
   }
-  std::fprintf(out, "]}\n");
+  std::fprintf(out, "]");
+  if (!s.timeline.empty()) {
+    // Trailing empty buckets (the unused part of the drain allowance) are left out.
+    std::size_t n = s.timeline.size();
+    auto empty = [](const timeline_bucket& b) {
+      return b.ok == 0 && std::all_of(b.failures.begin(), b.failures.end(),
+                                      [](std::uint32_t f) { return f == 0; });
+    };
+    while (n > 0 && empty(s.timeline[n - 1]))
+      --n;
+    std::fprintf(out, ",\"timeline\":{\"bucket_ms\":%lld,\"columns\":[\"ok\"",
+                 static_cast<long long>(s.bucket_ns / 1000000));
+    for (const char* name : kFailureNames)
+      std::fprintf(out, ",\"%s\"", name);
+    std::fprintf(out, "],\"buckets\":[");
+    for (std::size_t i = 0; i < n; ++i) {
+      const timeline_bucket& b = s.timeline[i];
+      std::fprintf(out, "%s[%lu", i ? "," : "", static_cast<unsigned long>(b.ok));
+      for (std::uint32_t f : b.failures)
+        std::fprintf(out, ",%lu", static_cast<unsigned long>(f));
+      std::fprintf(out, "]");
+    }
+    std::fprintf(out, "]}");
+  }
+  std::fprintf(out, "}\n");
   if (std::fclose(out) != 0) return "can't write " + path + ": " + errno_text(errno);
   return "";
 }
@@ -1023,6 +1110,7 @@ int main(int argc, char** argv) {
   }
   std::vector<std::thread> threads;
   shared.start = clock_type::now();
+  shared.start_wall = std::chrono::system_clock::now();
   try {
     for (std::size_t t = 0; err.empty() && t < workers.size(); ++t)
       threads.emplace_back([w = workers[t].get()] { w->run(); });
@@ -1048,7 +1136,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "loadgen: %llu failures, the first %d described above\n", ull(r.failed),
                  logged);
   if (!cfg.json_path.empty()) {
-    if (err = write_json(cfg.json_path, total, r); !err.empty()) {
+    if (err = write_json(cfg.json_path, total, r, shared); !err.empty()) {
       std::fprintf(stderr, "loadgen: %s\n", err.c_str());
       return 2;
     }
