@@ -734,7 +734,10 @@ bool on_io(loop& l, connection& c, std::uint32_t events) {
   if (c.stage == connection::phase::handshake) {
     if (!handshake(l, c)) return true;
     // Application data may have come with the handshake's last flight: read it now.
-    if (c.h2) return h2_read(l, c);
+    if (c.h2) {
+      if (!h2_on_io(l, c)) return false;  // our SETTINGS go out first
+      return h2_read(l, c);
+    }
     return read_and_process(l, c, false);
   }
   if (c.h2) {
@@ -815,6 +818,10 @@ void expire_timers(loop& l) {
     while (t.head && t.head->deadline_ms <= l.now_ms) {
       connection* c = t.head;
       timer_unlink(l, *c);
+      if (c->h2 && k == static_cast<int>(timer_kind::idle)) {
+        h2_close_idle(l, *c);  // with a GOAWAY, so the client knows why
+        continue;
+      }
       if (k == static_cast<int>(timer_kind::goaway)) {
         h2_goaway_due(l, *c);  // the PING's answer is late: send the final GOAWAY anyway
         continue;

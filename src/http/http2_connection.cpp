@@ -61,8 +61,9 @@ struct h2_session {
   int open_streams = 0;
   enum class drain_stage { none, notice_sent, final_sent } drain = drain_stage::none;
   bool ping_acked = false;
-  bool notice_sent = false;  // the first GOAWAY has been serialised
-  bool broken = false;  // the transport failed under a streaming handler
+  std::int64_t final_goaway_due_ms = 0;  // the final GOAWAY goes out by then at the latest
+  bool notice_sent = false;              // the first GOAWAY has been serialised
+  bool broken = false;                   // the transport failed under a streaming handler
 };
 
 namespace {
@@ -649,7 +650,12 @@ bool h2_on_io(loop& l, connection& c) {
     h2_begin_drain(l, c);  // the drain began while a handler of ours ran
     if (c.stage == connection::phase::closed) return true;
   }
-  if (s.ping_acked) final_goaway(s);
+  // The PING's answer, or the deadline (a busy connection reads no answers meanwhile, and
+  // its timer restarts with each handler).
+  if (s.ping_acked || (s.drain == h2_session::drain_stage::notice_sent &&
+                       coarse_now_ms() >= s.final_goaway_due_ms)) {
+    final_goaway(s);
+  }
   if (s.broken || !flush(l, c)) {
     close_connection(l, c);
     return true;
@@ -719,7 +725,15 @@ void h2_begin_drain(loop& l, connection& c) {
     c.out.append(reinterpret_cast<const char*>(p), static_cast<std::size_t>(n));
   }
   nghttp2_submit_ping(s.ng, NGHTTP2_FLAG_NONE, kDrainPing);
+  s.final_goaway_due_ms = coarse_now_ms() + l.srv->opts.http2.goaway_wait.count();
   timer_arm(l, c, timer_kind::goaway);
+}
+
+void h2_close_idle(loop& l, connection& c) {
+  if (c.busy) return;
+  nghttp2_session_terminate_session(c.h2->ng, NGHTTP2_NO_ERROR);
+  (void)flush(l, c);
+  close_connection(l, c);
 }
 
 void h2_goaway_due(loop& l, connection& c) {

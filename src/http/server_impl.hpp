@@ -231,6 +231,7 @@ bool h2_on_io(loop& l, connection& c);
 // Reads what the socket has and feeds it to the session; false: lost the loop.
 bool h2_read(loop& l, connection& c);
 void h2_goaway_due(loop& l, connection& c);
+void h2_close_idle(loop& l, connection& c);
 void h2_resume(loop& l, connection& c);
 void h2_begin_drain(loop& l, connection& c);
 void h2_free(h2_session* s);
