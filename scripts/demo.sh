@@ -3,12 +3,14 @@
 # drives it with clients that never retry (keep-alive, ${CONNECTIONS:-200} connections), replaces
 # the server ${RESTARTS:-5} times with SIGHUP, and prints what happened to every request.
 # On a terminal it keeps serving afterwards so you can try it yourself; Ctrl-C stops it
-# gracefully. DEMO_ONCE=1 exits after the scripted part; MODE=close uses Connection: close.
+# gracefully. DEMO_ONCE=1 exits after the scripted part; MODE=close uses Connection: close;
+# MODE=h2 serves HTTPS (a self-signed certificate made here) and drives it with HTTP/2
+# (tools/h2gen: ${CONNECTIONS:-100} connections x 10 streams).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh g++ make cmake pkg-config curl libssl-dev libnghttp2-dev
+scripts/deps.sh g++ make cmake pkg-config curl openssl libssl-dev libnghttp2-dev
 cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DENDLESS_BUILD_TESTS=OFF >/dev/null
-cmake --build build/demo -j "$(nproc)" --target hello loadgen >/dev/null
+cmake --build build/demo -j "$(nproc)" --target hello loadgen h2gen >/dev/null
 
 port="${PORT:-8080}"
 restarts="${RESTARTS:-5}"
@@ -16,6 +18,14 @@ mode="${MODE:-keepalive}"
 work="$(mktemp -d)"
 pidfile="$work/hello.pid"
 url="http://127.0.0.1:$port"
+tls=()
+if [ "$mode" = h2 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$work/key.pem" -out "$work/cert.pem" -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+  tls=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
+  url="https://127.0.0.1:$port"
+fi
 now_ms() { date +%s%3N; }
 cleanup() {
   [ -n "${load:-}" ] && kill "$load" 2>/dev/null || true
@@ -27,15 +37,21 @@ trap cleanup EXIT
 trap 'exit 0' INT TERM
 
 echo "== starting examples/hello on $url (the indented lines are the server's log)"
-build/demo/examples/hello --addr "127.0.0.1:$port" --pidfile "$pidfile" 2> >(sed 's/^/   /' >&2) &
+build/demo/examples/hello --addr "127.0.0.1:$port" --pidfile "$pidfile" "${tls[@]}" 2> >(sed 's/^/   /' >&2) &
 for _ in $(seq 100); do [ -s "$pidfile" ] && break; sleep 0.05; done
 [ -s "$pidfile" ] || { echo "hello did not start (port $port busy? try PORT=8081)"; exit 1; }
 
 duration=$((restarts * 2 + 2))
-echo "== load: tools/loadgen, $mode, ${CONNECTIONS:-200} connections, ${duration}s, no retries"
 start=$(now_ms)
-build/demo/tools/loadgen --url "$url/" --connections "${CONNECTIONS:-200}" --duration "$duration" \
-  --mode "$mode" --pids >"$work/load.txt" 2>"$work/load.err" &
+if [ "$mode" = h2 ]; then
+  echo "== load: tools/h2gen, HTTP/2 over TLS, ${CONNECTIONS:-100} connections x 10 streams, ${duration}s, no retries"
+  build/demo/tools/h2gen --url "$url/" --cacert "$work/cert.pem" --connections "${CONNECTIONS:-100}" \
+    --streams 10 --duration "$duration" --pids >"$work/load.txt" 2>"$work/load.err" &
+else
+  echo "== load: tools/loadgen, $mode, ${CONNECTIONS:-200} connections, ${duration}s, no retries"
+  build/demo/tools/loadgen --url "$url/" --connections "${CONNECTIONS:-200}" --duration "$duration" \
+    --mode "$mode" --pids >"$work/load.txt" 2>"$work/load.err" &
+fi
 load=$!
 
 declare -a sent olds
@@ -67,7 +83,7 @@ done
 
 if [ -t 0 ] && [ -z "${DEMO_ONCE:-}" ]; then
   echo
-  echo "== still serving: curl $url/   kill -HUP \$(cat $pidfile)   Ctrl-C to stop"
+  echo "== still serving: curl -k $url/   kill -HUP \$(cat $pidfile)   Ctrl-C to stop"
   while [ -s "$pidfile" ]; do sleep 1; done
 fi
 exit "$status"

@@ -236,6 +236,29 @@ TEST_F(tls_test, certificate_swapped_on_disk_is_served_without_restart) {
   EXPECT_NE(served_certificate().find("serial=02"), std::string::npos);
 }
 
+// certbot's layout: live/cert.pem is a symlink into archive/; a renewal writes
+// archive/cert2.pem and renames a new symlink over live/cert.pem.
+TEST_F(tls_test, certbot_style_symlink_renewal_is_picked_up) {
+  standard_pki();
+  make_cert("next", "localhost", "ca", 4);
+  run_ok("mkdir -p " + dir / "archive" + " " + dir / "live" + " && cp " + dir / "server.pem" + " " +
+         dir / "archive/cert1.pem" + " && cp " + dir / "server.key" + " " +
+         dir / "archive/privkey1.pem" + " && ln -s ../archive/cert1.pem " + dir / "live/cert.pem" +
+         " && ln -s ../archive/privkey1.pem " + dir / "live/privkey.pem");
+  pid_t pid = start({"--addr", "127.0.0.1:0", "--tls-cert", dir / "live/cert.pem", "--tls-key",
+                     dir / "live/privkey.pem"},
+                    {}, HTTP_HELPER_PATH);
+  ASSERT_NE(served_certificate().find("serial=01"), std::string::npos);
+  run_ok("cp " + dir / "next.pem" + " " + dir / "archive/cert2.pem" + " && cp " + dir / "next.key" +
+         " " + dir / "archive/privkey2.pem" + " && cd " + dir / "live" +
+         " && ln -s ../archive/privkey2.pem privkey.pem.new && mv -T privkey.pem.new privkey.pem" +
+         " && ln -s ../archive/cert2.pem cert.pem.new && mv -T cert.pem.new cert.pem");
+  EXPECT_TRUE(
+      wait_until([&] { return served_certificate().find("serial=04") != std::string::npos; }, 10s))
+      << read_file(log);
+  EXPECT_EQ(read_pid(pidfile), pid);
+}
+
 TEST_F(tls_test, reload_certificates_api_reports_its_outcome) {
   standard_pki();
   make_cert("next", "localhost", "ca", 3);
