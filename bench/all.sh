@@ -19,7 +19,8 @@
 #   CLOSE_MAX    skip close-mode runs above this many clients [no limit]
 #   RESTARTS, INTERVAL, TIMELINE_MS   passed to peer_restart.sh [5, 2 s, 50 ms]
 #   METRICS_RESTARTS, FD_RESTARTS     restart_metrics.py --restarts, --fd-restarts [5, 100]
-#   SERVERS, DURATION, ROUNDS         passed to run.sh (its defaults: six servers, 10 s, 3)
+#   SERVERS, SCENARIOS, DURATION, ROUNDS   passed to run.sh (its defaults: six servers, six
+#                scenarios (HTTP/1.1, HTTPS, TLS handshakes, HTTP/2), 10 s, 3)
 #   CONNS        memory.sh's idle connections [10000]
 #   STAMP        the files' stamp [$(date +%F-%H%M%S)]
 #   RESULTS      where the files go [bench/results]
@@ -75,7 +76,7 @@ has() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 mkdir -p "$results"
 index=$results/all-$stamp.md
 [[ ! -e $index ]] || die "$index exists; pick another STAMP"
-speed_md=$results/http1-$stamp.md
+speed_md=$results/speed-$stamp.md
 peers_md=$results/peers-restart-$stamp.md
 metrics_md=$results/restart-metrics-$stamp.md
 memory_md=$results/memory-$stamp.md
@@ -98,7 +99,7 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- speed ---------------------------------------------------------------------------------
 if has speed; then
-  step speed "bench/run.sh (${SERVERS:-its six servers}, ${DURATION:-10} s x ${ROUNDS:-3})" \
+  step speed "bench/run.sh (${SERVERS:-its six servers}, ${SCENARIOS:-its six scenarios}, ${DURATION:-10} s x ${ROUNDS:-3})" \
     env OUT="$speed_md" bench/run.sh
 fi
 

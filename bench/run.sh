@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# HTTP/1.1 benchmark: our server (examples/hello) beside a do-nothing epoll server (the
-# ceiling) and nginx (the reference), in one run, on one machine. See bench/README.md.
+# Speed benchmark: our server (examples/hello) beside a do-nothing epoll server (the ceiling),
+# nginx (the reference), h2o and Go peers, in one run, on one machine: HTTP/1.1 keep-alive,
+# Connection: close and pipelined; HTTPS keep-alive, new TLS handshakes and HTTP/2 over TLS.
+# See bench/README.md.
 #
 #   bench/run.sh                                  # DURATION=10 s per run, ROUNDS=3
 #   DURATION=2 ROUNDS=1 bench/run.sh              # smoke run
 #   SERVERS="noop nginx" bench/run.sh             # a subset (default: all six)
+#   SCENARIOS="https-keep-alive tls-handshakes h2" bench/run.sh   # a subset (default: all six)
 #   OUT=/tmp/x.md bench/run.sh                    # write the table elsewhere
 #
 # Each measurement starts a fresh server pinned to core 1, waits until it answers, records
-# its idle RSS, runs wrk pinned to core 0 over 127.0.0.1, and reads the server's user+system
-# CPU time from /proc before and after. Rounds visit every scenario and, within it, every
-# server in turn, so a slow minute on the machine hurts all servers alike; the table shows
-# medians over rounds.
+# its idle RSS, runs the client (wrk; bench/handshake_client for new TLS handshakes; h2load
+# for HTTP/2) pinned to core 0 over 127.0.0.1, and reads the server's user+system CPU time
+# from /proc before and after. Rounds visit every scenario and, within it, every server in
+# turn, so a slow minute on the machine hurts all servers alike; the table shows medians over
+# rounds. The TLS scenarios use one ECDSA P-256 self-signed certificate made for the run and
+# leave out the servers without TLS (noop, the Go peers).
 set -euo pipefail
 export LC_ALL=C
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -30,7 +35,13 @@ declare -A port=([noop]=18080 [nginx]=18081 [endless]=18082 [h2o]=18083 [tablefl
   [grace]=18085)
 declare -A label=([noop]="noop (ceiling)" [nginx]="nginx" [endless]="endless (hello)"
   [h2o]="h2o (mruby /)" [tableflip]="Go tableflip" [grace]="Go grace")
-scenarios=(keep-alive close "pipelined-$depth")
+all_scenarios=(keep-alive close "pipelined-$depth" https-keep-alive tls-handshakes h2)
+read -r -a scenarios <<<"${SCENARIOS:-${all_scenarios[*]}}"
+h2_streams=10        # h2load -m: concurrent streams per connection
+handshake_tls=1.3    # handshake_client --tls: the only TLS version it offers
+# Which scenarios run over TLS, and which servers can serve them.
+declare -A tls_scenario=([https-keep-alive]=1 [tls-handshakes]=1 [h2]=1)
+declare -A tls_capable=([nginx]=1 [endless]=1 [h2o]=1)
 
 die() {
   echo "bench: $*" >&2
@@ -43,6 +54,15 @@ say() { echo "bench: $*" >&2; }
 for s in "${servers[@]}"; do
   [[ -n ${port[$s]:-} ]] || die "unknown server '$s' in SERVERS (known: ${!port[*]})"
 done
+for c in "${scenarios[@]}"; do
+  [[ " ${all_scenarios[*]} " == *" $c "* ]] || die "unknown scenario '$c' in SCENARIOS (known: ${all_scenarios[*]})"
+done
+((${#scenarios[@]})) || die "SCENARIOS is empty"
+any_tls=0
+for c in "${scenarios[@]}"; do if [[ -n ${tls_scenario[$c]:-} ]]; then any_tls=1; fi; done
+runs_in() { # scenario server: whether that pair is measured
+  [[ -z ${tls_scenario[$1]:-} || -n ${tls_capable[$2]:-} ]]
+}
 (($(nproc) >= 2)) || die "needs 2 cores: the server runs on core $server_cpu, wrk on core $client_cpu"
 
 # ---- processes we start, and their clean-up ------------------------------------------------
@@ -113,6 +133,12 @@ command -v cmake >/dev/null || missing+=(cmake)
 command -v make >/dev/null || missing+=(make)
 command -v g++ >/dev/null || missing+=(g++)
 command -v taskset >/dev/null || missing+=(util-linux)
+if ((any_tls)); then
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v h2load >/dev/null || missing+=(nghttp2-client)
+  [[ -e /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
+fi
 if ((${#missing[@]})); then scripts/deps.sh "${missing[@]}"; fi
 # The peers: h2o from Debian, our Go servers on Debian's tableflip and grace packages.
 if [[ " ${servers[*]} " == *" h2o "* ]]; then scripts/deps.sh h2o; fi
@@ -162,6 +188,12 @@ if [[ -z $noop_bin ]]; then
       bench/noop_server.cpp -o "$noop_bin"
   fi
 fi
+handshake_bin=$build/handshake_client
+if ((any_tls)) && [[ ! -x $handshake_bin || bench/handshake_client.cpp -nt $handshake_bin ]]; then
+  say "compiling $handshake_bin"
+  g++ -std=c++20 -O2 -Wall -Wextra -Wpedantic -Wshadow -Wold-style-cast -Werror \
+    bench/handshake_client.cpp -o "$handshake_bin" -lssl -lcrypto
+fi
 if [[ -n $endless_note ]]; then
   say "$endless_note"
   kept=()
@@ -195,20 +227,56 @@ for m in http_proxy http_fastcgi http_uwsgi http_scgi; do
   fi
 done
 
-server_argv() { # name -> argv array
-  local p=${port[$1]}
+# The TLS scenarios: one ECDSA P-256 self-signed certificate for every server, made for this
+# run; nginx and h2o get their templates' "#tls:" lines (listen with ssl and http2).
+tls_dir=$tmp/tls
+cert=$tls_dir/cert.pem
+key=$tls_dir/key.pem
+nginx_tls_conf=$tmp/nginx/nginx-tls.conf
+if ((any_tls)); then
+  mkdir -p "$tls_dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$key" -out "$cert" 2>"$tls_dir/openssl.log" ||
+    die "openssl could not make a certificate: $(cat "$tls_dir/openssl.log")"
+  if [[ " ${servers[*]} " == *" nginx "* ]]; then
+    for m in http_ssl http_v2; do
+      [[ $nginx_built == *"--with-${m}_module"* ]] ||
+        die "this nginx lacks ${m}_module (nginx -V); the TLS scenarios need it"
+    done
+  fi
+  sed -e '/# plain-only$/d' -e 's|^\( *\)#tls: |\1|' -e "s|@CERT@|$cert|g" -e "s|@KEY@|$key|g" \
+    "$nginx_conf" >"$nginx_tls_conf"
+  grep -q "listen .* ssl http2" "$nginx_tls_conf" || die "bench/nginx.conf has no '#tls: listen' line"
+fi
+
+server_argv() { # name [tls] -> argv array (tls: 1 for the TLS scenarios)
+  local p=${port[$1]} tls=${2:-0}
   case $1 in
     noop) argv=(taskset -c "$server_cpu" "$noop_bin" --addr "127.0.0.1:$p") ;;
-    nginx) argv=(taskset -c "$server_cpu" nginx -p "$tmp/nginx/" -c "$nginx_conf"
-      -e "$tmp/nginx/error.log") ;;
-    endless) argv=(taskset -c "$server_cpu" "$hello_bin" --addr "127.0.0.1:$p" --threads 1) ;;
+    nginx)
+      local conf=$nginx_conf
+      if ((tls)); then conf=$nginx_tls_conf; fi
+      argv=(taskset -c "$server_cpu" nginx -p "$tmp/nginx/" -c "$conf" -e "$tmp/nginx/error.log")
+      ;;
+    endless)
+      argv=(taskset -c "$server_cpu" "$hello_bin" --addr "127.0.0.1:$p" --threads 1)
+      if ((tls)); then argv+=(--tls-cert "$cert" --tls-key "$key"); fi
+      ;;
     h2o)
       mkdir -p "$tmp/h2o"
-      # As root, h2o drops to nobody before it writes its pid file and log.
+      # As root, h2o drops to nobody before it writes its pid file and log (it reads its
+      # certificate and key before that).
       chmod 755 "$tmp" && chmod 777 "$tmp/h2o"
-      sed -e "s|@PORT@|$p|g" -e "s|@DIR@|$tmp/h2o|g" bench/h2o.conf >"$tmp/h2o/h2o.conf"
-      [[ $(id -u) -eq 0 ]] || sed -i '/# root-only/d' "$tmp/h2o/h2o.conf"
-      argv=(taskset -c "$server_cpu" h2o -c "$tmp/h2o/h2o.conf")
+      local conf=$tmp/h2o/h2o.conf
+      if ((tls)); then conf=$tmp/h2o/h2o-tls.conf; fi
+      sed -e "s|@PORT@|$p|g" -e "s|@DIR@|$tmp/h2o|g" bench/h2o.conf >"$conf"
+      [[ $(id -u) -eq 0 ]] || sed -i '/# root-only/d' "$conf"
+      if ((tls)); then
+        sed -i -e 's|^#tls:||' -e "s|@CERT@|$cert|g" -e "s|@KEY@|$key|g" "$conf"
+        grep -q '^  ssl:' "$conf" || die "bench/h2o.conf has no '#tls:' ssl lines"
+      fi
+      argv=(taskset -c "$server_cpu" h2o -c "$conf")
       ;;
     tableflip | grace)
       argv=(taskset -c "$server_cpu" "$build/peers/$1" --addr "127.0.0.1:$p" --pidfile "$tmp/$1.pid")
@@ -216,12 +284,29 @@ server_argv() { # name -> argv array
   esac
 }
 
-wrk_argv() { # scenario url -> argv array
-  argv=(taskset -c "$client_cpu" wrk -t1 "-c$connections" "-d${duration}s" --latency)
+client_argv() { # scenario port -> argv array (the load, pinned to the client's core)
+  local wrk=(taskset -c "$client_cpu" wrk -t1 "-c$connections" "-d${duration}s" --latency)
   case $1 in
-    keep-alive) argv+=("$2") ;;
-    close) argv+=(-H "Connection: close" "$2") ;;
-    pipelined-*) argv+=(-s "$root/bench/pipeline.lua" "$2" -- "$depth") ;;
+    keep-alive) argv=("${wrk[@]}" "http://127.0.0.1:$2/") ;;
+    close) argv=("${wrk[@]}" -H "Connection: close" "http://127.0.0.1:$2/") ;;
+    pipelined-*) argv=("${wrk[@]}" -s "$root/bench/pipeline.lua" "http://127.0.0.1:$2/" -- "$depth") ;;
+    https-keep-alive) argv=("${wrk[@]}" "https://127.0.0.1:$2/") ;;
+    tls-handshakes)
+      argv=(taskset -c "$client_cpu" "$handshake_bin" --addr "127.0.0.1:$2" -c "$connections"
+        -d "$duration" --tls "$handshake_tls")
+      ;;
+    h2)
+      argv=(taskset -c "$client_cpu" h2load -t1 -c "$connections" -m "$h2_streams" -D "$duration"
+        --log-file="$tmp/h2load.log" "https://127.0.0.1:$2/")
+      ;;
+  esac
+}
+
+client_name() { # scenario -> the client's name, for messages
+  case $1 in
+    tls-handshakes) echo handshake_client ;;
+    h2) echo h2load ;;
+    *) echo wrk ;;
   esac
 }
 
@@ -247,7 +332,11 @@ rss_kb() { # pids... -> VmRSS summed
   echo "$total"
 }
 
-probe() { # port -> the response to one GET / with Connection: close (empty if none)
+probe() { # port [tls] -> the response to one GET / with Connection: close (empty if none)
+  if ((${2:-0})); then
+    curl -sk --http1.1 -i --max-time 2 -H "Connection: close" "https://127.0.0.1:$1/" 2>/dev/null || true
+    return
+  fi
   # shellcheck disable=SC2016 # $1 expands in the inner shell
   timeout 3 bash -c '
     exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
@@ -255,15 +344,23 @@ probe() { # port -> the response to one GET / with Connection: close (empty if n
     timeout 1 cat <&3' _ "$1" 2>/dev/null || true
 }
 
-start_server() { # name -> server_pid, server_pids
-  local name=$1 log=$tmp/$1.log resp i
-  server_argv "$name"
+tls_params() { # port -> what an OpenSSL client with default settings and no ALPN (wrk) gets
+  # shellcheck disable=SC2016
+  timeout 5 openssl s_client -connect "127.0.0.1:$1" </dev/null 2>/dev/null | awk '
+    /^New, / { sub(/,$/, "", $2); v = $2; c = $NF }
+    /^Server Temp Key:/ { g = $4; sub(/,$/, "", g) }
+    END { if (v != "") printf "%s %s %s (no ALPN: http/1.1)", v, c, g }'
+}
+
+start_server() { # name [tls] -> server_pid, server_pids
+  local name=$1 tls=${2:-0} log=$tmp/$1.log resp i
+  server_argv "$name" "$tls"
   "${argv[@]}" >>"$log" 2>&1 &
   server_pid=$!
   started+=("$server_pid")
   for ((i = 0; i < 100; i++)); do
     if ! alive "$server_pid"; then break; fi
-    resp=$(probe "${port[$name]}")
+    resp=$(probe "${port[$name]}" "$tls")
     if [[ $resp == "HTTP/1.1 200"* && $resp == *"Hello Zero-Downtime!"* ]]; then
       server_pids=$(pid_tree "$server_pid")
       return 0
@@ -273,7 +370,7 @@ start_server() { # name -> server_pid, server_pids
   echo "--- $log" >&2
   cat "$log" >&2 || true
   if [[ $name == nginx ]]; then cat "$tmp/nginx/error.log" >&2 || true; fi
-  die "$name did not answer GET / on 127.0.0.1:${port[$name]}"
+  die "$name did not answer GET / on $( ((tls)) && echo https || echo http)://127.0.0.1:${port[$name]}"
 }
 
 stop_server() {
@@ -286,27 +383,43 @@ results=$tmp/results.tsv
 log_dir=$build/wrk-logs/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$log_dir"
 
+h2_percentiles() { # h2load --log-file -> "p50 p99" in µs (its third column: µs per request)
+  awk -F'\t' '{ n[$3]++; total++ } END { for (v in n) print v, n[v], total }' "$1" | sort -n |
+    awk '{ seen += $2; if (!p50 && seen >= 0.50 * $3) p50 = $1; if (!p99 && seen >= 0.99 * $3) p99 = $1 }
+      END { printf "%s %s\n", (p50 ? p50 : "-"), (p99 ? p99 : "-") }'
+}
+
 measure() { # round scenario server
-  local round=$1 scenario=$2 name=$3 url rss before after out wrk_pid rc=0
-  url="http://127.0.0.1:${port[$name]}/"
-  start_server "$name"
+  local round=$1 scenario=$2 name=$3 tls=0 rss before after out client_pid rc=0 params=""
+  local p50=- p99=-
+  if [[ -n ${tls_scenario[$scenario]:-} ]]; then tls=1; fi
+  start_server "$name" "$tls"
   # shellcheck disable=SC2086
   rss=$(rss_kb $server_pids)
-  wrk_argv "$scenario" "$url"
+  # What wrk negotiates (h2load and handshake_client print their own), before the load.
+  if [[ $scenario == https-keep-alive ]]; then params=$(tls_params "${port[$name]}"); fi
+  client_argv "$scenario" "${port[$name]}"
   out=$log_dir/$name-$scenario-$round.txt
+  rm -f "$tmp/h2load.log"
   # shellcheck disable=SC2086
   before=$(cpu_ticks $server_pids) || die "$name exited before the load"
   "${argv[@]}" >"$out" 2>&1 &
-  wrk_pid=$!
-  started+=("$wrk_pid")
-  wait "$wrk_pid" || rc=$?
-  forget "$wrk_pid"
+  client_pid=$!
+  started+=("$client_pid")
+  wait "$client_pid" || rc=$?
+  forget "$client_pid"
   # shellcheck disable=SC2086
-  after=$(cpu_ticks $server_pids) || die "$name died during the load (wrk output: $out)"
+  after=$(cpu_ticks $server_pids) || die "$name died during the load ($(client_name "$scenario") output: $out)"
   stop_server
-  ((rc == 0)) || die "wrk failed for $name/$scenario: $(cat "$out")"
+  ((rc == 0)) || die "$(client_name "$scenario") failed for $name/$scenario: $(cat "$out")"
+  if [[ $scenario == h2 ]]; then
+    [[ -s $tmp/h2load.log ]] || die "h2load wrote no --log-file for $name/$scenario"
+    read -r p50 p99 < <(h2_percentiles "$tmp/h2load.log")
+    rm -f "$tmp/h2load.log"
+  fi
   awk -v server="$name" -v scenario="$scenario" -v round="$round" -v rss="$rss" \
-    -v ticks=$((after - before)) -v hz="$clk_tck" -v duration="$duration" '
+    -v ticks=$((after - before)) -v hz="$clk_tck" -v duration="$duration" \
+    -v params="$params" -v h2_p50="$p50" -v h2_p99="$p99" '
     function us(v, n) {
       n = v + 0
       if (v ~ /us$/) return n
@@ -315,33 +428,67 @@ measure() { # round scenario server
       if (v ~ /s$/) return n * 1e6
       return n
     }
+    # wrk
     /^ *50% / { p50 = us($2) }
     /^ *99% / { p99 = us($2) }
     / requests in / { requests = $1 }
     /^Requests\/sec:/ { rps = $2 }
     /Socket errors:/ { for (i = 3; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) errors += $i + 0 }
     /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    # h2load
+    /^finished in / { rps = $4 }
+    /^requests: .* succeeded/ { requests = $8; errors += $10 + $12 + $14 }
+    /^status codes: / { non2xx = $7 + $9 }
+    /^TLS Protocol: / { h2v = $3 }
+    /^Cipher: / { h2c = $2 }
+    /^Server Temp Key: / { h2g = $4 }
+    /^Application protocol: / { alpn = $3 }
+    # handshake_client
+    /^tls: / { params = substr($0, 6) }
+    /^completed: / { requests = $2 }
+    /^handshakes\/s: / { rps = $2 }
+    /^latency p50: / { p50 = $3 }
+    /^latency p99: / { p99 = $3 }
+    /^errors: / { errors += $2 }
+    /^resumed: / { resumed = $2 }
+    /^tickets per handshake: / { params = params ", " $4 " session tickets per handshake" }
     END {
+      if (scenario == "h2") {
+        if (alpn != "h2") { printf "h2load negotiated \"%s\", not h2\n", alpn > "/dev/stderr"; exit 1 }
+        params = sprintf("%s %s %s (ALPN h2)", h2v, h2c, h2g)
+        p50 = h2_p50; p99 = h2_p99
+      }
+      if (resumed > 0) { printf "%d resumed TLS sessions: not full handshakes\n", resumed > "/dev/stderr"; exit 1 }
       if (requests == 0) { print "no requests parsed" > "/dev/stderr"; exit 1 }
       cpu = ticks / hz
       # wrk prints a percentile of 0 when its coordinated-omission correction has moved
       # samples below the recorded minimum (it happens with pipelining): no figure, then.
-      printf "%s\t%s\t%d\t%.0f\t%d\t%s\t%s\t%.3f\t%.0f\t%d\t%d\t%d\n", server, scenario,
+      printf "%s\t%s\t%d\t%.0f\t%d\t%s\t%s\t%.3f\t%.0f\t%d\t%d\t%d\t%s\n", server, scenario,
         round, rps, requests, (p50 > 0 ? sprintf("%.1f", p50) : "-"),
         (p99 > 0 ? sprintf("%.1f", p99) : "-"), cpu * 1e6 / requests, 100 * cpu / duration, rss,
-        errors, non2xx
-    }' "$out" >>"$results" || die "could not read wrk output $out"
-  tail -1 "$results" | awk -F'\t' '{ printf "bench: round %s  %-13s %-9s %9.0f req/s  p99 %8s us  %6.2f CPU us/req  (server core %3.0f%%)\n", $3, $2, $1, $4, $7, $8, $9 }' >&2
+        errors, non2xx, (params == "" ? "-" : params)
+    }' "$out" >>"$results" || die "could not read the output of $(client_name "$scenario"): $out"
+  tail -1 "$results" | awk -F'\t' '{ printf "bench: round %s  %-16s %-9s %9.0f req/s  p99 %8s us  %7.2f CPU us/req  (server core %3.0f%%)\n", $3, $2, $1, $4, $7, $8, $9 }' >&2
 }
 
 # ---- the run -------------------------------------------------------------------------------
 started_at=$(date -Is)
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+pairs=0
+skipped_tls=()
+for name in "${servers[@]}"; do
+  for scenario in "${scenarios[@]}"; do
+    if runs_in "$scenario" "$name"; then pairs=$((pairs + 1)); fi
+  done
+  if ((any_tls)) && [[ -z ${tls_capable[$name]:-} ]]; then skipped_tls+=("$name"); fi
+done
+((pairs)) || die "none of SERVERS (${servers[*]}) serves the TLS scenarios (${scenarios[*]}): TLS needs nginx, endless or h2o"
 say "servers: ${servers[*]}; scenarios: ${scenarios[*]}; ${duration}s x $rounds round(s)"
+if ((${#skipped_tls[@]})); then say "no TLS, so not in the TLS scenarios: ${skipped_tls[*]}"; fi
 for ((r = 1; r <= rounds; r++)); do
   for scenario in "${scenarios[@]}"; do
     for name in "${servers[@]}"; do
-      measure "$r" "$scenario" "$name"
+      if runs_in "$scenario" "$name"; then measure "$r" "$scenario" "$name"; fi
     done
   done
 done
@@ -349,8 +496,15 @@ load_at_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- the report ----------------------------------------------------------------------------
 mkdir -p bench/results
-out_file=${OUT:-bench/results/http1-$(date +%F).md}
-if [[ -z ${OUT:-} && -e $out_file ]]; then out_file=bench/results/http1-$(date +%F-%H%M%S).md; fi
+# Named after what it holds: http1- (cleartext HTTP/1.1 only, as before), tls- (TLS
+# scenarios only) or speed- (both).
+n_tls=0
+for c in "${scenarios[@]}"; do if [[ -n ${tls_scenario[$c]:-} ]]; then n_tls=$((n_tls + 1)); fi; done
+kind=speed
+if ((n_tls == 0)); then kind=http1; fi
+if ((n_tls == ${#scenarios[@]})); then kind=tls; fi
+out_file=${OUT:-bench/results/$kind-$(date +%F).md}
+if [[ -z ${OUT:-} && -e $out_file ]]; then out_file=bench/results/$kind-$(date +%F-%H%M%S).md; fi
 
 table() {
   awk -F'\t' -v servers="${servers[*]}" -v scenarios="${scenarios[*]}" \
@@ -375,23 +529,37 @@ table() {
     END {
       nl = split(labels, lv, ";")
       for (i = 1; i <= nl; i++) if (lv[i] != "") { eq = index(lv[i], "="); name[substr(lv[i], 1, eq - 1)] = substr(lv[i], eq + 1) }
-      print "| server | scenario | req/s | vs nginx | p50 | p99 | server CPU µs/req | vs noop | server core busy | idle RSS |"
-      print "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+      print "| server | scenario | req/s | vs nginx | p50 | p99 | server CPU µs/req | CPU vs nginx | CPU vs noop | server core busy | idle RSS |"
+      print "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
       ns = split(servers, sv, " "); nc = split(scenarios, sc, " ")
       for (c = 1; c <= nc; c++) {
         for (s = 1; s <= ns; s++) {
           k = sv[s] SUBSEP sc[c]
+          if (!((k SUBSEP "rps") in vals)) continue  # not measured (no TLS)
           rps = median(k SUBSEP "rps"); cpu = median(k SUBSEP "cpu")
           kn = "nginx" SUBSEP sc[c]; ko = "noop" SUBSEP sc[c]
           vs_nginx = ((kn SUBSEP "rps") in vals) ? sprintf("%.2f×", rps / median(kn SUBSEP "rps")) : "n/a"
+          cpu_nginx = ((kn SUBSEP "cpu") in vals) && median(kn SUBSEP "cpu") > 0 ? sprintf("%.2f×", cpu / median(kn SUBSEP "cpu")) : "n/a"
           vs_noop = ((ko SUBSEP "cpu") in vals) && median(ko SUBSEP "cpu") > 0 ? sprintf("%.2f×", cpu / median(ko SUBSEP "cpu")) : "n/a"
-          printf "| %s | %s | %.0f | %s | %s | %s | %.2f | %s | %.0f%% | %.1f MiB |\n", name[sv[s]], sc[c],
-            rps, vs_nginx, lat(k SUBSEP "p50"), lat(k SUBSEP "p99"), cpu, vs_noop,
+          printf "| %s | %s | %.0f | %s | %s | %s | %.2f | %s | %s | %.0f%% | %.1f MiB |\n", name[sv[s]], sc[c],
+            rps, vs_nginx, lat(k SUBSEP "p50"), lat(k SUBSEP "p99"), cpu, cpu_nginx, vs_noop,
             median(k SUBSEP "busy"), median(k SUBSEP "rss") / 1024
           if (errors[k] + non2xx[k] > 0) notes = notes sprintf("- %s / %s: %d socket errors, %d non-2xx responses over all rounds\n", name[sv[s]], sc[c], errors[k], non2xx[k])
         }
       }
-      if (notes != "") printf "\nErrors reported by wrk:\n%s", notes
+      if (notes != "") printf "\nErrors reported by the clients:\n%s", notes
+    }' "$results"
+}
+
+tls_table() { # what each server negotiated in each TLS scenario (round 1)
+  awk -F'\t' -v labels="$(for s in "${!label[@]}"; do printf '%s=%s;' "$s" "${label[$s]}"; done)" '
+    BEGIN {
+      nl = split(labels, lv, ";")
+      for (i = 1; i <= nl; i++) if (lv[i] != "") { eq = index(lv[i], "="); name[substr(lv[i], 1, eq - 1)] = substr(lv[i], eq + 1) }
+    }
+    $3 == 1 && $13 != "-" {
+      if (!header++) { print "| server | scenario | TLS as negotiated by the client |"; print "|---|---|---|" }
+      printf "| %s | %s | %s |\n", name[$1], $2, $13
     }' "$results"
 }
 
@@ -400,31 +568,45 @@ show() { # argv -> one shell-quoted line, temp dir and repository path shortened
   echo
 }
 
+has_scenario() { [[ " ${scenarios[*]} " == *" $1 "* ]]; }
 {
-  echo "# HTTP/1.1 benchmark, $(date +%F)"
+  echo "# Speed benchmark (bench/run.sh), $(date +%F): ${scenarios[*]}"
   echo
   echo "- started: $started_at; load average at start: $load_at_start, at end: $load_at_end"
   echo "- kernel: $(uname -r)"
   echo "- CPU: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), nproc $(nproc)"
   echo "- wrk: $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//' || true)"
-  echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+  if has_scenario h2; then echo "- h2load: $(h2load --version 2>&1 | head -1)"; fi
+  if ((any_tls)); then echo "- OpenSSL (clients, endless, h2o): $(openssl version)"; fi
+  echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')$( ((any_tls)) && nginx -V 2>&1 | grep -o 'running with OpenSSL [^)]*' | sed 's/^/, /')"
+  if [[ " ${servers[*]} " == *" h2o "* ]]; then echo "- h2o: $(h2o --version 2>&1 | head -1 | sed 's/^h2o version //')"; fi
   echo "- endless: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)'), Release build in $build"
-  echo "- $duration s per run, $rounds round(s), medians shown; server pinned to core $server_cpu, wrk to core $client_cpu, 127.0.0.1 only"
+  echo "- $duration s per run, $rounds round(s), medians shown; server pinned to core $server_cpu, the client to core $client_cpu, 127.0.0.1 only"
+  if ((any_tls)); then
+    echo "- TLS: one self-signed ECDSA P-256 certificate made for the run, the same for every server; versions and ciphers as negotiated (table below); nginx with \`ssl_protocols TLSv1.2 TLSv1.3\` (its 1.22 default has no TLS 1.3), every server otherwise at its TLS defaults (session tickets included: a full handshake pays for issuing them)"
+    if ((${#skipped_tls[@]})); then echo "- not in the TLS rows (they have no TLS): ${skipped_tls[*]}"; fi
+  fi
   if [[ -n $endless_note ]]; then echo "- $endless_note"; fi
   echo
   table
   echo
-  cat <<EOF
-req/s, p50 and p99 are wrk's. Pipelined latencies are per batch of $depth and distorted by
-wrk's coordinated-omission correction (it assumes one request per batch); — marks a
-percentile wrk printed as 0. Server CPU µs/req is user+system time of the server's
-processes (from /proc/<pid>/stat) over the wrk run ÷ requests; vs noop divides it by the
-do-nothing server's. Server core busy is that CPU time ÷ the run's length: near 100% means
-the server, not wrk, set the pace. Idle RSS is VmRSS summed over the server's processes
-after start-up, before load. See bench/README.md.
-EOF
+  {
+    echo "req/s, p50 and p99 are the client's: wrk's$(
+      ((n_tls)) && printf '%s' ", except in tls-handshakes (bench/handshake_client: new connections per second, each a full TLS handshake and one request; latency from connect() to the end of the response) and h2 (h2load -m $h2_streams: req/s; percentiles from its --log-file)")."
+    if has_scenario "pipelined-$depth"; then
+      echo "Pipelined latencies are per batch of $depth and distorted by wrk's coordinated-omission correction (it assumes one request per batch); — marks a percentile wrk printed as 0."
+    fi
+    echo "Server CPU µs/req is user+system time of the server's processes (from /proc/<pid>/stat) over the client's run ÷ requests$( ((n_tls)) && printf '%s' " (in tls-handshakes: per connection, handshake included)")."
+    echo "CPU vs nginx and CPU vs noop divide it by nginx's and by the do-nothing server's$( ((n_tls)) && printf '%s' " (noop has no TLS: n/a in TLS rows)")."
+    echo "Server core busy is that CPU time ÷ the run's length: near 100% means the server, not the client, set the pace."
+    echo "Idle RSS is VmRSS summed over the server's processes after start-up, before load. See bench/README.md."
+  } | fmt -w 92
+  if ((any_tls)); then
+    echo
+    tls_table
+  fi
   echo
-  echo "Commands (\$TMP is a fresh temp dir; nginx.conf is bench/nginx.conf with @PORT@ and @DIR@ filled in):"
+  echo "Commands (\$TMP is a fresh temp dir; nginx.conf is bench/nginx.conf with @PORT@ and @DIR@ filled in, nginx-tls.conf the same with its #tls: lines; h2o-tls.conf likewise from bench/h2o.conf):"
   echo
   echo '```'
   if [[ " ${servers[*]} " == *" endless "* ]]; then
@@ -438,15 +620,26 @@ EOF
   if [[ $noop_bin == "$build/noop_server" ]]; then
     echo "g++ -std=c++20 -O2 -Wall -Wextra -Wpedantic -Wshadow -Wold-style-cast -Werror bench/noop_server.cpp -o $noop_bin"
   fi
+  if ((any_tls)); then
+    echo "g++ -std=c++20 -O2 -Wall -Wextra -Wpedantic -Wshadow -Wold-style-cast -Werror bench/handshake_client.cpp -o $handshake_bin -lssl -lcrypto"
+    echo "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout \$TMP/tls/key.pem -out \$TMP/tls/cert.pem"
+  fi
+  n_plain=$((${#scenarios[@]} - n_tls))
   for name in "${servers[@]}"; do
-    server_argv "$name"
-    show "${argv[@]}"
+    if ((n_plain)); then
+      server_argv "$name" 0
+      show "${argv[@]}"
+    fi
+    if ((n_tls)) && runs_in h2 "$name"; then
+      server_argv "$name" 1
+      show "${argv[@]}"
+    fi
   done
   for scenario in "${scenarios[@]}"; do
-    wrk_argv "$scenario" "http://127.0.0.1:PORT/"
+    client_argv "$scenario" PORT
     show "${argv[@]}"
   done
   echo '```'
 } >"$out_file"
 cat "$out_file"
-say "written to $out_file (raw wrk output in $log_dir)"
+say "written to $out_file (raw client output in $log_dir)"

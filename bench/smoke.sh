@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A seconds-long version of the benchmarks (bench/all.sh --smoke), run by the test command so
-# they never rot: every speed scenario once for 1 s (no-op ceiling, nginx, hello); one
+# they never rot: every speed scenario once for 1 s (no-op ceiling, nginx, hello; HTTPS,
+# full TLS handshakes and HTTP/2 for nginx and hello, noop having no TLS); one
 # restart under load of hello with 2 clients and loadgen's timeline; the restart metrics
 # with 2 restarts for hello and 1 for nginx (master mode); and the plots from all of it.
 # Figures from a smoke run mean nothing; it only checks that the suite works. Everything goes
@@ -11,7 +12,10 @@ mkdir -p build/bench
 rm -f build/bench/smoke*
 command -v gnuplot >/dev/null || scripts/deps.sh gnuplot-nox
 DURATION=1 ROUNDS=1 SERVERS="noop nginx endless" OUT=build/bench/smoke.md bench/run.sh >/dev/null
-grep -q "endless (hello) | pipelined-16" build/bench/smoke.md
+for row in "endless (hello) | pipelined-16" "endless (hello) | https-keep-alive" \
+  "nginx | tls-handshakes" "endless (hello) | tls-handshakes" "endless (hello) | h2 "; do
+  grep -qF "| $row" build/bench/smoke.md || { echo "bench smoke: no '$row' row" >&2; exit 1; }
+done
 python3 bench/plot.py build/bench/smoke.md >/dev/null
 python3 bench/restart_metrics.py build/bench/examples/hello --restarts 2 --fd-restarts 4 \
   --port 18099 --name endless --json build/bench/smoke-restart-endless.json \

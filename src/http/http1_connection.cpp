@@ -90,10 +90,10 @@ void timer_arm(loop& l, connection& c, timer_kind k) {
 // Posts fn(c) to the loop. The connection is not freed until the task ran; if it was
 // closed meanwhile the task does nothing.
 void post_for(loop& l, connection& c, void (*fn)(loop&, connection&)) {
-  ++c.refs;
+  c.refs.fetch_add(1, std::memory_order_relaxed);
   connection* cp = &c;
   l.post([&l, cp, fn] {
-    --cp->refs;
+    cp->refs.fetch_sub(1, std::memory_order_relaxed);
     if (cp->stage != connection::phase::closed) fn(l, *cp);
   });
 }
@@ -818,7 +818,7 @@ void expire_timers(loop& l) {
     while (t.head && t.head->deadline_ms <= l.now_ms) {
       connection* c = t.head;
       timer_unlink(l, *c);
-      if (c->h2 && k == static_cast<int>(timer_kind::idle)) {
+      if (c->h2 && k != static_cast<int>(timer_kind::goaway)) {
         h2_close_idle(l, *c);  // with a GOAWAY, so the client knows why
         continue;
       }

@@ -38,8 +38,9 @@ struct h2_stream {
   // RST_STREAM(NO_ERROR) after the response instead, but curl 7.88 reports that as a
   // stream error and loses the 413.)
   bool body_too_large = false;
-  bool queued = false;
-  bool closed = false;  // nghttp2 closed it while a handler still held it
+  bool queued = false;     // the request is complete (or refused): waiting for dispatch
+  bool head_done = false;  // the request's HEADERS (with CONTINUATIONs) are in
+  bool closed = false;     // nghttp2 closed it while a handler still held it
   // Response
   std::string out;
   std::size_t out_pos = 0;
@@ -61,6 +62,10 @@ struct h2_session {
   int open_streams = 0;
   enum class drain_stage { none, notice_sent, final_sent } drain = drain_stage::none;
   bool ping_acked = false;
+  // Memory a client can make us hold: request bodies not yet dispatched, and response bodies
+  // waiting for its flow-control window. Both bounded (see on_data_chunk, dispatch_ready).
+  std::size_t body_bytes = 0;
+  std::size_t response_bytes = 0;
   std::int64_t final_goaway_due_ms = 0;  // the final GOAWAY goes out by then at the latest
   bool notice_sent = false;              // the first GOAWAY has been serialised
   bool broken = false;                   // the transport failed under a streaming handler
@@ -70,13 +75,15 @@ namespace {
 
 constexpr std::size_t kReadSize = 16 << 10;
 constexpr std::size_t kMaxBufferedOutput = 256 << 10;
+constexpr std::size_t kMaxWaitingResponses = 8 << 20;
 constexpr std::uint8_t kDrainPing[8] = {'e', 'n', 'd', 'l', 'e', 's', 's', '!'};
 
 struct h2_scratch {
   request req;
   response res;
   std::vector<header> headers;
-  std::string lower;  // lower-cased response field names, for nghttp2_nv
+  std::string lower;   // lower-cased response field names, for nghttp2_nv
+  std::string cookie;  // the request's cookie fields, joined
   std::vector<nghttp2_nv> nv;
   char in[kReadSize];
 };
@@ -153,13 +160,19 @@ int on_data_chunk(nghttp2_session* ng, std::uint8_t, std::int32_t id, const std:
   h2_stream* st = stream_of(ng, id);
   if (!st || st->body_too_large) return 0;
   h2_session& s = session_of(user_data);
-  if (st->body.size() + len > s.l->srv->opts.max_body_bytes) {
+  // max_body_bytes bounds one request's body and, over HTTP/2, all the bodies buffered on one
+  // connection at once (nghttp2 reopens the window as data arrives, so flow control alone
+  // would let 100 streams each buffer max_body_bytes).
+  std::size_t limit = s.l->srv->opts.max_body_bytes;
+  if (st->body.size() + len > limit || s.body_bytes + len > limit) {
     st->body_too_large = true;
+    s.body_bytes -= st->body.size();
     std::string().swap(st->body);
     make_ready(s, *st);  // answer 413 now, not after the whole body
     return 0;
   }
   st->body.append(reinterpret_cast<const char*>(data), len);
+  s.body_bytes += len;
   return 0;
 }
 
@@ -167,6 +180,10 @@ int on_frame_recv(nghttp2_session* ng, const nghttp2_frame* frame, void* user_da
   h2_session& s = session_of(user_data);
   switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
+      if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        if (h2_stream* st = stream_of(ng, frame->hd.stream_id)) st->head_done = true;
+      }
+      [[fallthrough]];
     case NGHTTP2_DATA:
       if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
         if (h2_stream* st = stream_of(ng, frame->hd.stream_id)) make_ready(s, *st);
@@ -194,6 +211,8 @@ int on_stream_close(nghttp2_session* ng, std::int32_t id, std::uint32_t, void* u
   h2_stream* st = stream_of(ng, id);
   if (!st) return 0;
   nghttp2_session_set_stream_user_data(ng, id, nullptr);
+  s.body_bytes -= st->body.size();
+  s.response_bytes -= st->out.size() - st->out_pos;
   (st->prev ? st->prev->next : s.streams) = st->next;
   if (st->next) st->next->prev = st->prev;
   if (st == s.current) {
@@ -205,12 +224,15 @@ int on_stream_close(nghttp2_session* ng, std::int32_t id, std::uint32_t, void* u
   return 0;
 }
 
+bool dropped_field(std::string_view lower_name);
+
 ssize_t read_body(nghttp2_session* ng, std::int32_t id, std::uint8_t* buf, std::size_t length,
-                  std::uint32_t* flags, nghttp2_data_source* source, void*) {
+                  std::uint32_t* flags, nghttp2_data_source* source, void* user_data) {
   auto* st = static_cast<h2_stream*>(source->ptr);
   std::size_t n = std::min(length, st->out.size() - st->out_pos);
   std::memcpy(buf, st->out.data() + st->out_pos, n);
   st->out_pos += n;
+  static_cast<h2_session*>(user_data)->response_bytes -= n;
   if (st->out_pos == st->out.size()) {
     st->out.clear();
     st->out_pos = 0;
@@ -239,6 +261,10 @@ ssize_t read_body(nghttp2_session* ng, std::int32_t id, std::uint8_t* buf, std::
         std::size_t off = sc.lower.size();
         for (char ch : name)
           sc.lower.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(ch))));
+        if (dropped_field(std::string_view(sc.lower).substr(off))) {
+          sc.lower.resize(off);
+          continue;
+        }
         sc.lower.append(value);
         idx.emplace_back(off, name.size());
       }
@@ -346,6 +372,7 @@ void submit(h2_session& s, h2_stream& st, response& res, bool head_only) {
   } else {
     st.out = detail::access::body(res);
     st.out_pos = 0;
+    s.response_bytes += st.out.size();
     st.trailers = detail::access::trailers(res);
     has_data = has_data && (!st.out.empty() || !st.trailers.empty());
     build_head(res, no_body ? -1 : static_cast<long long>(detail::access::body(res).size()));
@@ -396,9 +423,30 @@ void settle(loop& l, connection& c) {
   }
   if (s.open_streams == 0) {
     if (c.timer != timer_kind::idle) timer_arm(l, c, timer_kind::idle);
-  } else {
-    timer_unlink(l, c);  // streams in progress: the client is sending or we are answering
+    return;
   }
+  // Streams are open. A request head must be complete within read_header_timeout (never
+  // extended); a body within read_timeout; and a client that sends nothing (no body bytes,
+  // no WINDOW_UPDATE for our answers) for idle_timeout (write_timeout for our answers, if
+  // set) is gone. Re-arming on every event makes those inactivity timeouts.
+  bool heads_pending = false, bodies_pending = false;
+  for (const h2_stream* st = s.streams; st; st = st->next) {
+    if (!st->head_done)
+      heads_pending = true;
+    else if (!st->queued)
+      bodies_pending = true;
+  }
+  timer_kind k = timer_kind::idle;
+  if (heads_pending) {
+    k = timer_kind::header;
+    if (c.timer == k) return;  // armed at the first incomplete head, not extended
+  } else if (bodies_pending && l.timers[static_cast<int>(timer_kind::body)].duration_ms > 0) {
+    k = timer_kind::body;
+    if (c.timer == k) return;
+  } else if (!bodies_pending && l.srv->opts.write_timeout.count() > 0) {
+    k = timer_kind::write;
+  }
+  timer_arm(l, c, k);
 }
 
 void final_goaway(h2_session& s) {
@@ -421,8 +469,13 @@ class h2_sink final : public detail::body_sink {
       st_.streaming = true;
       submit(s, st_, res, detail::access::head_only(res));
     }
-    if (detail::access::head_only(res) || data.empty()) return pump(false);
+    if (detail::access::head_only(res) || bodyless(res.status())) {
+      (void)pump(false);  // the head ended the stream: there is no body to send
+      return !s.broken;
+    }
+    if (data.empty()) return pump(false);
     st_.out.append(data);
+    s.response_bytes += data.size();
     if (st_.deferred) {
       st_.deferred = false;
       nghttp2_session_resume_data(s.ng, st_.id);
@@ -435,7 +488,10 @@ class h2_sink final : public detail::body_sink {
   // reading the client's WINDOW_UPDATEs meanwhile.
   bool pump(bool wait_body) {
     h2_session& s = *c_.h2;
-    auto limit = l_.srv->opts.write_timeout;
+    // Bounded even without a write_timeout: a client that never opens its window would
+    // otherwise hold this thread forever.
+    auto limit = l_.srv->opts.write_timeout.count() > 0 ? l_.srv->opts.write_timeout
+                                                        : l_.srv->opts.idle_timeout;
     auto deadline = std::chrono::steady_clock::now() + limit;
     for (int round = 0;; ++round) {
       std::string pending = std::move(c_.out);
@@ -497,12 +553,20 @@ bool dispatch(loop& l, connection& c, h2_stream& st) {
   h2_scratch& sc = scratch();
   sc.headers.clear();
   bool has_host = false;
+  int cookies = 0;
+  sc.cookie.clear();
   for (std::size_t i = 0; i + 3 < st.spans.size(); i += 4) {
     std::string_view name(st.fields.data() + st.spans[i], st.spans[i + 1]);
     std::string_view value(st.fields.data() + st.spans[i + 2], st.spans[i + 3]);
     if (name == "host") has_host = true;
+    if (name == "cookie") {
+      // Split cookie fields become one again (RFC 9113 §8.2.3), as HTTP/1.1 sends them.
+      sc.cookie.append(cookies++ ? "; " : "").append(value);
+      continue;
+    }
     sc.headers.push_back({name, value});
   }
+  if (cookies > 0) sc.headers.push_back({"cookie", sc.cookie});
   // Handlers look for Host as in HTTP/1.1 (RFC 9113 §8.3.1: :authority takes its place).
   if (!has_host && !st.authority.empty()) sc.headers.push_back({"host", st.authority});
   std::string_view target = st.path;
@@ -536,6 +600,10 @@ bool dispatch(loop& l, connection& c, h2_stream& st) {
       res.status(500).text("500 internal server error\n");
     }
   }
+  if (!st.closed) {  // the body is not needed any more
+    s.body_bytes -= st.body.size();
+    std::string().swap(st.body);
+  }
   if (st.closed) {
     delete &st;  // the client reset it while the handler ran
   } else if (res.streaming()) {
@@ -564,6 +632,9 @@ void resume_task(loop& l, connection& c) {
 bool dispatch_ready(loop& l, connection& c) {
   h2_session& s = *c.h2;
   while (!s.ready.empty() && !s.broken) {
+    // Answers wait for the client's window: run no more handlers while too much waits (the
+    // next read, a WINDOW_UPDATE among others, brings us back here).
+    if (s.response_bytes >= kMaxWaitingResponses) break;
     std::int32_t id = s.ready.front();
     s.ready.pop_front();
     h2_stream* st = stream_of(s.ng, id);
@@ -596,7 +667,9 @@ void h2_start(loop& l, connection& c) {
   c.h2 = s;
   nghttp2_option* opt = nullptr;
   nghttp2_option_new(&opt);
-  // Our limit is checked in on_header and answered with 431; nghttp2's own would reset.
+  // (Response heads up to 1 MiB. Requests: max_header_bytes is checked in on_header and
+  // answered with 431; nghttp2's HPACK decoder itself refuses any single field over 64 KiB
+  // with a connection error.)
   nghttp2_option_set_max_send_header_block_length(opt, 1 << 20);
   nghttp2_session_server_new2(&s->ng, callbacks(), s, opt);
   nghttp2_option_del(opt);
@@ -739,7 +812,9 @@ void h2_close_idle(loop& l, connection& c) {
 void h2_goaway_due(loop& l, connection& c) {
   if (!c.h2 || c.busy) return;
   final_goaway(*c.h2);
-  (void)h2_on_io(l, c);
+  // Sent by a task: h2_on_io may run handlers, which must not run inside expire_timers (a
+  // handler that blocks costs this thread the loop).
+  post_for(l, c, [](loop& lp, connection& cp) { (void)h2_on_io(lp, cp); });
 }
 
 }  // namespace endless::http

@@ -223,7 +223,7 @@ void loop::unlink(connection* c) {
 
 void loop::sweep() {
   std::erase_if(graveyard, [](connection* c) {
-    if (c->refs > 0) return false;
+    if (c->refs.load(std::memory_order_relaxed) > 0) return false;
     free_connection(c);
     return true;
   });
@@ -579,11 +579,18 @@ void start_tls(server_state& st) {
       files.push_back(c.key_file);
     }
     server_state* sp = &st;
-    st.cert_watch = std::make_unique<io::file_watch>(files, [sp] {
-      std::string what;
-      sp->tls->reload(what);
-      sp->log(what);
-    });
+    try {
+      st.cert_watch = std::make_unique<io::file_watch>(files, [sp] {
+        std::string what;
+        sp->tls->reload(what);
+        sp->log(what);
+      });
+    } catch (const std::exception& e) {
+      // The certificates are loaded; only their automatic reload is missing. Not a reason
+      // to refuse to start (and fail an upgrade): say so and go on.
+      st.log(std::string("TLS: can't watch the certificate files, reload_certificates() only: ") +
+             e.what());
+    }
   }
 }
 

@@ -94,7 +94,9 @@ struct connection {
   tls_conn* tls = nullptr;   // owned; freed with the connection
   h2_session* h2 = nullptr;  // owned; set once the connection speaks HTTP/2
 
-  int refs = 0;  // posted tasks that name this connection: it is not freed before they ran
+  // Posted tasks that name this connection: it is not freed before they ran. Atomic: a
+  // handed-off handler thread posts (++) while the loop's new owner runs tasks (--).
+  std::atomic<int> refs{0};
 
   // the loop's list of live connections (under loop::conns_mu)
   connection* conn_prev = nullptr;

@@ -68,7 +68,10 @@ void file_watch::run() {
     if (n == 0) {
       // Quiet for `quiet_` since the last relevant event.
       pending = false;
-      on_change_();
+      try {
+        on_change_();
+      } catch (...) {  // (out of memory while loading) the next change tries again
+      }
       continue;
     }
     ssize_t len = ::read(inotify_.get(), buf, sizeof buf);
@@ -83,7 +86,8 @@ void file_watch::run() {
       bool relevant = name.substr(0, 2) == "..";
       for (const auto& [d, f] : names_)
         if (d == dir && f == name) relevant = true;
-      if (relevant) pending = true;
+      // IN_Q_OVERFLOW: events were lost; one of them may have been ours.
+      if (relevant || (ev->mask & IN_Q_OVERFLOW)) pending = true;
     }
   }
 }

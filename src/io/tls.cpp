@@ -187,6 +187,10 @@ std::shared_ptr<const tls_set> tls_store::build(std::string& why) const {
     // send()-like writes; idle connections give their buffers back.
     SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
+    // Read several records per recv() instead of a 5-byte header and then its body (0.51 reads
+    // per HTTP/2 request against nginx's 0.20). The callers read until EAGAIN, so nothing
+    // stays buffered in OpenSSL without a read to come.
+    SSL_CTX_set_read_ahead(c, 1);
     const std::string& ciphers = config_.ciphers;
     if (SSL_CTX_set_cipher_list(c, ciphers.empty() ? kDefaultCiphers : ciphers.c_str()) != 1) {
       why = "bad cipher list '" + ciphers + "': " + tls_last_error();
@@ -329,6 +333,9 @@ ssize_t after_failure(SSL* ssl, int r, bool& wants_write) {
 ssize_t tls_read(SSL* ssl, char* buf, std::size_t len, bool& wants_write) {
   wants_write = false;
   std::size_t n = 0;
+  // SSL_get_error() looks at this thread's error queue first: an error a handler left there
+  // (any OpenSSL call it made) would turn our WANT_READ into a fatal error.
+  ERR_clear_error();
   errno = 0;
   int r = SSL_read_ex(ssl, buf, len, &n);
   if (r == 1) return static_cast<ssize_t>(n);
@@ -338,6 +345,7 @@ ssize_t tls_read(SSL* ssl, char* buf, std::size_t len, bool& wants_write) {
 ssize_t tls_write(SSL* ssl, const char* buf, std::size_t len, bool& wants_write) {
   wants_write = false;
   std::size_t n = 0;
+  ERR_clear_error();
   errno = 0;
   int r = SSL_write_ex(ssl, buf, len, &n);
   if (r == 1) return static_cast<ssize_t>(n);
@@ -351,6 +359,7 @@ ssize_t tls_write(SSL* ssl, const char* buf, std::size_t len, bool& wants_write)
 
 int tls_handshake(SSL* ssl, bool& wants_write, std::string& why) {
   wants_write = false;
+  ERR_clear_error();
   errno = 0;
   int r = SSL_do_handshake(ssl);
   if (r == 1) return 1;
@@ -366,6 +375,7 @@ int tls_handshake(SSL* ssl, bool& wants_write, std::string& why) {
 }
 
 void tls_close_notify(SSL* ssl) {
+  ERR_clear_error();
   (void)SSL_shutdown(ssl);
   ERR_clear_error();
 }

@@ -9,6 +9,7 @@
 //         /throw (handler exception) /headers (the request's header names) /big?kb=N
 //         /tls (protocol, TLS, SNI, client certificate) /trailers (a body and two trailers)
 //         /reload (server::reload_certificates(): 200, or 500 with the reason)
+//         /cookie (the request's Cookie field) /poison (leaves an OpenSSL error queued)
 #include <unistd.h>
 
 #include <csignal>
@@ -17,6 +18,9 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "endless/endless.hpp"
 
@@ -124,6 +128,15 @@ int main(int argc, char** argv) {
   r.get("/trailers", [](const http::request&, http::response& res) {
     res.trailer("X-Checksum", "abc123").trailer("X-Items", "2");
     res.text("with trailers\n");
+  });
+  r.get("/cookie", [](const http::request& req, http::response& res) {
+    res.text(std::string(req.header("cookie").value_or("none")) + "\n");
+  });
+  // Leaves an error on this thread's OpenSSL queue, as a handler using OpenSSL may; the
+  // connection's next TLS read must not mistake it for its own.
+  r.get("/poison", [](const http::request&, http::response& res) {
+    ERR_raise(ERR_LIB_SSL, SSL_R_BAD_LENGTH);
+    res.text("poisoned\n");
   });
   http::server* first = nullptr;
   r.get("/reload", [&first](const http::request&, http::response& res) {

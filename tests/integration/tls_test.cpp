@@ -87,6 +87,12 @@ class tls_test : public core_fixture {
     EXPECT_TRUE(wait_until([&] { return curl(url("/pid")) == std::to_string(next); }, 10s));
     return next;
   }
+  static int count(const std::string& hay, const std::string& needle) {
+    int n = 0;
+    for (std::size_t at = hay.find(needle); at != std::string::npos; at = hay.find(needle, at + 1))
+      ++n;
+    return n;
+  }
   // Reads until EOF or reset; false if the connection was still open after `ms`.
   static bool closed_within(int fd, int ms) {
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
@@ -377,15 +383,31 @@ TEST_F(tls_test, h2c_is_refused_when_not_enabled) {
   EXPECT_EQ(http_get(port, "/pid").x_pid, pid);
 }
 
-// RFC 9113 §6.8, frame by frame over h2c: a stream whose request body is still coming when
-// the drain starts gets GOAWAY(2^31-1) and a PING; our PING ack brings the final GOAWAY
-// naming stream 1; the body then completes and the stream is answered.
-TEST_F(tls_test, http2_drain_sends_two_goaways_and_finishes_streams) {
-  pid_t pid = start({"--addr", "127.0.0.1:0", "--h2c", "1"}, {}, HTTP_HELPER_PATH);
-  int fd = connect_loopback(port);
-  ASSERT_GE(fd, 0);
-  auto frame = [](std::uint8_t type, std::uint8_t flags, std::uint32_t stream,
-                  std::string_view payload) {
+// A raw HTTP/2 client over h2c, frame by frame, for what curl and nghttp cannot do on
+// purpose: stall, answer a PING on cue, watch the GOAWAYs.
+struct h2_wire {
+  struct frame {
+    std::uint8_t type, flags;
+    std::uint32_t stream;
+    std::string payload;
+    std::uint32_t last_stream() const {  // GOAWAY
+      return (std::uint32_t(std::uint8_t(payload[0]) & 0x7f) << 24) |
+             (std::uint32_t(std::uint8_t(payload[1])) << 16) |
+             (std::uint32_t(std::uint8_t(payload[2])) << 8) | std::uint8_t(payload[3]);
+    }
+  };
+  enum : std::uint8_t { DATA = 0, HEADERS = 1, SETTINGS = 4, PING = 6, GOAWAY = 7 };
+  int fd = -1;
+  std::string buf;
+  std::vector<frame> seen;
+  bool eof = false;
+
+  explicit h2_wire(int port) : fd(connect_loopback(port)) {}
+  ~h2_wire() {
+    if (fd >= 0) ::close(fd);
+  }
+  static std::string encode(std::uint8_t type, std::uint8_t flags, std::uint32_t stream,
+                            std::string_view payload) {
     std::string f;
     f.push_back(static_cast<char>(payload.size() >> 16));
     f.push_back(static_cast<char>(payload.size() >> 8));
@@ -395,83 +417,156 @@ TEST_F(tls_test, http2_drain_sends_two_goaways_and_finishes_streams) {
     for (int shift = 24; shift >= 0; shift -= 8)
       f.push_back(static_cast<char>(stream >> shift));
     return f.append(payload);
-  };
-  auto send_all = [&](const std::string& bytes) {
-    ASSERT_EQ(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(bytes.size()));
-  };
-  // HPACK (RFC 7541 Appendix A): :method POST (3), :scheme http (6), :path "/echo" and
-  // :authority "localhost" as literals with indexed names (4, 1).
-  std::string block = "\x83\x86\x04\x05/echo\x01\x09localhost";
-  send_all("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, "") +
-           frame(1, 0x4, 1, block));  // HEADERS, END_HEADERS, no END_STREAM
-  struct seen {
-    std::uint8_t type, flags;
-    std::uint32_t stream;
-    std::string payload;
-  };
-  std::string buf;
-  // Reads frames until `want` returns true for one (answering SETTINGS and PINGs as a client
-  // must); bounded in time.
-  auto read_until = [&](auto want, std::vector<seen>& log_out) {
-    auto deadline = std::chrono::steady_clock::now() + 10s;
+  }
+  bool send(const std::string& bytes) {
+    return ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  }
+  // The preface, empty SETTINGS, and HEADERS for `path` on stream `id` (END_HEADERS; with
+  // END_STREAM if `end`). HPACK (RFC 7541 Appendix A): :method POST (index 3), :scheme http
+  // (6), :path and :authority as literals with indexed names (4, 1).
+  bool open(std::uint32_t id, const std::string& path, bool end, bool preface = true) {
+    std::string block = "\x83\x86\x04" + std::string(1, static_cast<char>(path.size())) + path +
+                        "\x01\x09localhost";
+    return send((preface ? "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + encode(SETTINGS, 0, 0, "")
+                         : std::string()) +
+                encode(HEADERS, end ? 0x5 : 0x4, id, block));
+  }
+  // Reads frames (acknowledging SETTINGS) until `want` holds for one; false at EOF or after
+  // `limit`.
+  template <class F>
+  bool read_until(F want, std::chrono::milliseconds limit = 10s) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < deadline) {
       while (buf.size() >= 9) {
         std::size_t len = (std::size_t(std::uint8_t(buf[0])) << 16) |
                           (std::size_t(std::uint8_t(buf[1])) << 8) | std::uint8_t(buf[2]);
         if (buf.size() < 9 + len) break;
-        seen f{std::uint8_t(buf[3]), std::uint8_t(buf[4]),
-               (std::uint32_t(std::uint8_t(buf[5]) & 0x7f) << 24) |
-                   (std::uint32_t(std::uint8_t(buf[6])) << 16) |
-                   (std::uint32_t(std::uint8_t(buf[7])) << 8) | std::uint8_t(buf[8]),
-               buf.substr(9, len)};
+        frame f{std::uint8_t(buf[3]), std::uint8_t(buf[4]),
+                (std::uint32_t(std::uint8_t(buf[5]) & 0x7f) << 24) |
+                    (std::uint32_t(std::uint8_t(buf[6])) << 16) |
+                    (std::uint32_t(std::uint8_t(buf[7])) << 8) | std::uint8_t(buf[8]),
+                buf.substr(9, len)};
         buf.erase(0, 9 + len);
-        if (f.type == 4 && !(f.flags & 1)) send_all(frame(4, 1, 0, ""));  // SETTINGS ack
-        log_out.push_back(f);
+        if (f.type == SETTINGS && !(f.flags & 1)) send(encode(SETTINGS, 1, 0, ""));
+        seen.push_back(f);
         if (want(f)) return true;
       }
       pollfd p{fd, POLLIN, 0};
-      if (::poll(&p, 1, 200) != 1) continue;
+      if (::poll(&p, 1, 100) != 1) continue;
       char tmp[16384];
       ssize_t n = ::recv(fd, tmp, sizeof tmp, 0);
-      if (n <= 0) return false;
+      if (n <= 0) {
+        eof = true;
+        return false;
+      }
       buf.append(tmp, static_cast<std::size_t>(n));
     }
     return false;
-  };
-  auto last_stream = [](const seen& f) {
-    return (std::uint32_t(std::uint8_t(f.payload[0]) & 0x7f) << 24) |
-           (std::uint32_t(std::uint8_t(f.payload[1])) << 16) |
-           (std::uint32_t(std::uint8_t(f.payload[2])) << 8) | std::uint8_t(f.payload[3]);
-  };
-  std::vector<seen> frames;
-  ASSERT_TRUE(read_until([](const seen& f) { return f.type == 4 && (f.flags & 1); }, frames));
+  }
+  bool saw(std::uint8_t type) const {
+    for (const frame& f : seen)
+      if (f.type == type) return true;
+    return false;
+  }
+};
+
+// RFC 9113 §6.8, frame by frame over h2c: a stream whose request body is still coming when
+// the drain starts gets GOAWAY(2^31-1) and a PING; our PING ack brings the final GOAWAY
+// naming stream 1; the body then completes and the stream is answered.
+TEST_F(tls_test, http2_drain_sends_two_goaways_and_finishes_streams) {
+  pid_t pid = start({"--addr", "127.0.0.1:0", "--h2c", "1"}, {}, HTTP_HELPER_PATH);
+  h2_wire w(port);
+  ASSERT_GE(w.fd, 0);
+  ASSERT_TRUE(w.open(1, "/echo", false));
+  using frame = h2_wire::frame;
+  ASSERT_TRUE(
+      w.read_until([](const frame& f) { return f.type == h2_wire::SETTINGS && (f.flags & 1); }));
   ::kill(pid, SIGHUP);
   // GOAWAY with 2^31-1 first, then the PING (answered with the same payload).
-  ASSERT_TRUE(read_until([](const seen& f) { return f.type == 6 && !(f.flags & 1); }, frames))
-      << read_file(log);
-  std::string ping = frames.back().payload;
+  ASSERT_TRUE(w.read_until([](const frame& f) {
+    return f.type == h2_wire::PING && !(f.flags & 1);
+  })) << read_file(log);
+  std::string ping = w.seen.back().payload;
   bool notice = false;
-  for (const seen& f : frames)
-    if (f.type == 7 && last_stream(f) == 0x7fffffff) notice = true;
+  for (const frame& f : w.seen)
+    if (f.type == h2_wire::GOAWAY && f.last_stream() == 0x7fffffff) notice = true;
   EXPECT_TRUE(notice);
-  send_all(frame(6, 1, 0, ping));
-  ASSERT_TRUE(read_until([](const seen& f) { return f.type == 7; }, frames));
-  EXPECT_EQ(last_stream(frames.back()), 1u);
+  w.send(h2_wire::encode(h2_wire::PING, 1, 0, ping));
+  ASSERT_TRUE(w.read_until([](const frame& f) { return f.type == h2_wire::GOAWAY; }));
+  EXPECT_EQ(w.seen.back().last_stream(), 1u);
   // The request ends now; stream 1 is still answered by the old process.
-  send_all(frame(0, 0x1, 1, "hi"));
-  ASSERT_TRUE(read_until(
-      [](const seen& f) { return f.type == 0 && f.stream == 1 && (f.flags & 1); }, frames));
-  EXPECT_EQ(frames.back().payload, "hi");
-  bool headers = false;
-  for (const seen& f : frames)
-    if (f.type == 1 && f.stream == 1) headers = true;
-  EXPECT_TRUE(headers);
+  w.send(h2_wire::encode(h2_wire::DATA, 0x1, 1, "hi"));
+  ASSERT_TRUE(w.read_until(
+      [](const frame& f) { return f.type == h2_wire::DATA && f.stream == 1 && (f.flags & 1); }));
+  EXPECT_EQ(w.seen.back().payload, "hi");
   // Nothing left: the old process closes the connection and exits.
-  std::vector<seen> rest;
-  EXPECT_FALSE(read_until([](const seen&) { return false; }, rest));
-  ::close(fd);
+  EXPECT_FALSE(w.read_until([](const frame&) { return false; }));
+  EXPECT_TRUE(w.eof);
   EXPECT_TRUE(procs.wait_gone(pid, 10s));
+}
+
+// A client that opens streams and then sends nothing must not hold the connection (and the
+// memory of its streams) forever: a body that stops coming meets read_timeout, and without
+// one, idle_timeout; a head that never completes, read_header_timeout. Each ends with a
+// GOAWAY.
+TEST_F(tls_test, stalled_http2_streams_are_timed_out) {
+  pid_t pid = start({"--addr", "127.0.0.1:0", "--h2c", "1", "--read-timeout-ms", "500",
+                     "--idle-timeout-ms", "60000", "--read-header-timeout-ms", "500"},
+                    {}, HTTP_HELPER_PATH);
+  using frame = h2_wire::frame;
+  auto closed_after = [](h2_wire& w) {
+    auto t0 = std::chrono::steady_clock::now();
+    bool goaway = w.read_until([](const frame& f) { return f.type == h2_wire::GOAWAY; }, 10s);
+    w.read_until([](const frame&) { return false; }, 5s);
+    EXPECT_TRUE(goaway);
+    EXPECT_TRUE(w.eof);
+    return std::chrono::steady_clock::now() - t0;
+  };
+  {
+    h2_wire body(port);  // HEADERS without END_STREAM, then nothing
+    ASSERT_TRUE(body.open(1, "/echo", false));
+    EXPECT_LT(closed_after(body), 5s);
+  }
+  {
+    h2_wire head(port);  // HEADERS without END_HEADERS: the head never completes
+    std::string block = "\x83\x86\x04\x05/echo";
+    ASSERT_TRUE(head.send("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" +
+                          h2_wire::encode(h2_wire::SETTINGS, 0, 0, "") +
+                          h2_wire::encode(h2_wire::HEADERS, 0x0, 1, block)));
+    EXPECT_LT(closed_after(head), 5s);
+  }
+  EXPECT_EQ(http_get(port, "/pid").x_pid, pid);
+}
+
+TEST_F(tls_test, stalled_http2_stream_meets_idle_timeout_without_read_timeout) {
+  start({"--addr", "127.0.0.1:0", "--h2c", "1", "--idle-timeout-ms", "500"}, {}, HTTP_HELPER_PATH);
+  h2_wire w(port);
+  ASSERT_TRUE(w.open(1, "/echo", false));
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(w.read_until([](const h2_wire::frame& f) { return f.type == h2_wire::GOAWAY; }));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+}
+
+// A handler that leaves an error on its thread's OpenSSL queue (any handler using OpenSSL
+// may) must not make the next TLS read on that thread look failed.
+TEST_F(tls_test, a_handlers_stale_openssl_error_drops_no_connection) {
+  standard_pki();
+  start_tls({"--threads", "1"});
+  for (const char* proto : {"--http1.1", "--http2"}) {
+    std::string out = curl(std::string("-v ") + proto + " " + url("/poison") + " " +
+                           url("/poison") + " " + url("/tls"));
+    EXPECT_EQ(count(out, "poisoned\n"), 2) << out;
+    EXPECT_EQ(count(out, "Connected to"), 1) << proto << "\n" << out;
+    EXPECT_NE(out.find("tls sni=localhost"), std::string::npos) << out;
+  }
+}
+
+TEST_F(tls_test, split_cookies_are_joined_over_http2) {
+  standard_pki();
+  start_tls();
+  EXPECT_EQ(curl("--http2 -H 'cookie: a=1' -H 'cookie: b=2' " + url("/cookie")), "a=1; b=2\n");
+  EXPECT_EQ(curl("--http1.1 -H 'cookie: a=1; b=2' " + url("/cookie")), "a=1; b=2\n");
 }
 
 TEST_F(tls_test, https_listener_survives_upgrades_under_load) {
