@@ -50,6 +50,25 @@ struct h2_stream {
   std::string trailers;       // "Name: value\r\n" ...
   h2_stream* prev = nullptr;  // the session's list of live streams
   h2_stream* next = nullptr;
+
+  // For reuse: empty, but small buffers keep their capacity.
+  void reset() {
+    constexpr std::size_t kKeep = 16 << 10;
+    for (std::string* b : {&fields, &body, &out, &trailers}) {
+      if (b->capacity() > kKeep) std::string().swap(*b);
+      b->clear();
+    }
+    spans.clear();
+    method.clear();
+    path.clear();
+    authority.clear();
+    id = 0;
+    field_bytes = 0;
+    fields_too_large = body_too_large = queued = head_done = closed = false;
+    out_pos = 0;
+    streaming = done = deferred = false;
+    prev = next = nullptr;
+  }
 };
 
 struct h2_session {
@@ -57,8 +76,9 @@ struct h2_session {
   loop* l = nullptr;
   connection* c = nullptr;
   std::deque<std::int32_t> ready;
-  h2_stream* current = nullptr;  // the stream whose handler runs
-  h2_stream* streams = nullptr;  // live streams (nghttp2_session_del does not report them)
+  h2_stream* current = nullptr;   // the stream whose handler runs
+  h2_stream* streams = nullptr;   // live streams (nghttp2_session_del does not report them)
+  std::vector<h2_stream*> spare;  // closed streams kept for reuse: no allocation per request
   int open_streams = 0;
   enum class drain_stage { none, notice_sent, final_sent } drain = drain_stage::none;
   bool ping_acked = false;
@@ -78,7 +98,12 @@ constexpr std::size_t kMaxBufferedOutput = 256 << 10;
 constexpr std::size_t kMaxWaitingResponses = 8 << 20;
 constexpr std::uint8_t kDrainPing[8] = {'e', 'n', 'd', 'l', 'e', 's', 's', '!'};
 
+struct head_field {
+  std::size_t name, name_len, value, value_len;
+};
+
 struct h2_scratch {
+  std::vector<head_field> fields;
   request req;
   response res;
   std::vector<header> headers;
@@ -101,6 +126,15 @@ h2_stream* stream_of(nghttp2_session* ng, std::int32_t id) {
   return static_cast<h2_stream*>(nghttp2_session_get_stream_user_data(ng, id));
 }
 
+void recycle(h2_session& s, h2_stream* st) {
+  if (s.spare.size() >= 16) {
+    delete st;
+    return;
+  }
+  st->reset();
+  s.spare.push_back(st);
+}
+
 void make_ready(h2_session& s, h2_stream& st) {
   if (st.queued) return;
   st.queued = true;
@@ -112,7 +146,13 @@ void make_ready(h2_session& s, h2_stream& st) {
 int on_begin_headers(nghttp2_session* ng, const nghttp2_frame* frame, void* user_data) {
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   h2_session& s = session_of(user_data);
-  auto* st = new h2_stream;
+  h2_stream* st;
+  if (s.spare.empty()) {
+    st = new h2_stream;
+  } else {
+    st = s.spare.back();
+    s.spare.pop_back();
+  }
   st->id = frame->hd.stream_id;
   st->next = s.streams;
   if (s.streams) s.streams->prev = st;
@@ -218,7 +258,7 @@ int on_stream_close(nghttp2_session* ng, std::int32_t id, std::uint32_t, void* u
   if (st == s.current) {
     st->closed = true;  // its handler still runs; dispatch frees it
   } else {
-    delete st;
+    recycle(s, st);
   }
   if (--s.open_streams == 0) s.l->srv->state_changed(*s.c, conn_state::idle);
   return 0;
@@ -321,15 +361,12 @@ void build_head(const response& res, long long content_length) {
   status[1] = static_cast<char>('0' + code / 10 % 10);
   status[2] = static_cast<char>('0' + code % 10);
   // Offsets first (sc.lower may reallocate while it grows), pointers at the end.
-  struct field {
-    std::size_t name, name_len, value, value_len;
-  };
-  std::vector<field> fields;
+  std::vector<head_field>& fields = sc.fields;
+  fields.clear();
   auto add = [&](std::string_view name, std::string_view value, bool lower) {
-    field f{sc.lower.size(), name.size(), 0, value.size()};
+    head_field f{sc.lower.size(), name.size(), 0, value.size()};
     for (char ch : name)
-      sc.lower.push_back(lower ? static_cast<char>(std::tolower(static_cast<unsigned char>(ch)))
-                               : ch);
+      sc.lower.push_back(lower && ch >= 'A' && ch <= 'Z' ? static_cast<char>(ch | 0x20) : ch);
     f.value = sc.lower.size();
     sc.lower.append(value);
     fields.push_back(f);
@@ -356,7 +393,7 @@ void build_head(const response& res, long long content_length) {
   }
   // nghttp2_submit_response() and _trailer() copy the fields: scratch may be reused after.
   auto* base = reinterpret_cast<std::uint8_t*>(sc.lower.data());
-  for (const field& f : fields)
+  for (const head_field& f : fields)
     sc.nv.push_back({base + f.name, base + f.value, f.name_len, f.value_len, NGHTTP2_NV_FLAG_NONE});
 }
 
@@ -605,7 +642,7 @@ bool dispatch(loop& l, connection& c, h2_stream& st) {
     std::string().swap(st.body);
   }
   if (st.closed) {
-    delete &st;  // the client reset it while the handler ran
+    recycle(s, &st);  // the client reset it while the handler ran
   } else if (res.streaming()) {
     if (!s.broken) {
       st.done = true;
@@ -648,12 +685,8 @@ bool dispatch_ready(loop& l, connection& c) {
         l.srv->draining.load(std::memory_order_relaxed)) {
       h2_begin_drain(l, c);
     }
-    // Keep the output bounded: send before running the next handler.
-    if (c.out.size() >= kMaxBufferedOutput) break;
-    if (!flush(l, c)) {
-      close_connection(l, c);
-      return true;
-    }
+    // The answers of a batch go out together, after it (one TLS record and one send, not
+    // one per stream), as HTTP/1.1's pipelined answers do; kMaxWaitingResponses bounds them.
   }
   return true;
 }
@@ -698,6 +731,8 @@ void h2_free(h2_session* s) {
     s->streams = st->next;
     delete st;
   }
+  for (h2_stream* st : s->spare)
+    delete st;
   delete s;
 }
 
@@ -729,7 +764,7 @@ bool h2_on_io(loop& l, connection& c) {
                        coarse_now_ms() >= s.final_goaway_due_ms)) {
     final_goaway(s);
   }
-  if (s.broken || !flush(l, c)) {
+  if (s.broken) {
     close_connection(l, c);
     return true;
   }

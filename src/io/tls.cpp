@@ -304,6 +304,11 @@ SSL* tls_store::new_ssl(int fd, std::shared_ptr<const tls_set>& set, std::string
 
 namespace {
 
+// ERR_clear_error() costs ~1% of an HTTP/2 request; looking first is cheaper.
+void clear_errors() {
+  if (ERR_peek_error() != 0) ERR_clear_error();
+}
+
 ssize_t after_failure(SSL* ssl, int r, bool& wants_write) {
   int saved = errno;
   switch (SSL_get_error(ssl, r)) {
@@ -335,7 +340,7 @@ ssize_t tls_read(SSL* ssl, char* buf, std::size_t len, bool& wants_write) {
   std::size_t n = 0;
   // SSL_get_error() looks at this thread's error queue first: an error a handler left there
   // (any OpenSSL call it made) would turn our WANT_READ into a fatal error.
-  ERR_clear_error();
+  clear_errors();
   errno = 0;
   int r = SSL_read_ex(ssl, buf, len, &n);
   if (r == 1) return static_cast<ssize_t>(n);
@@ -345,7 +350,7 @@ ssize_t tls_read(SSL* ssl, char* buf, std::size_t len, bool& wants_write) {
 ssize_t tls_write(SSL* ssl, const char* buf, std::size_t len, bool& wants_write) {
   wants_write = false;
   std::size_t n = 0;
-  ERR_clear_error();
+  clear_errors();
   errno = 0;
   int r = SSL_write_ex(ssl, buf, len, &n);
   if (r == 1) return static_cast<ssize_t>(n);
