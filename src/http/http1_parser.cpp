@@ -131,7 +131,11 @@ result parse_head(std::string_view head, request_head& out, const limits& lim,
   if (version[5] != '1') return fail(err, 505, "HTTP version not supported");
   out.version_minor = version[7] - '0';
   if (out.target[0] != '/') {
-    bool absolute = out.target.starts_with("http://") || out.target.starts_with("https://");
+    // The scheme is case-insensitive (RFC 3986 §3.1).
+    auto scheme = [&](std::string_view s) {
+      return out.target.size() > s.size() && iequals(out.target.substr(0, s.size()), s);
+    };
+    bool absolute = scheme("http://") || scheme("https://");
     bool asterisk = out.target == "*" && out.method == "OPTIONS";
     if (!absolute && !asterisk) return fail(err, 400, "invalid request target form");
   }
@@ -206,6 +210,14 @@ result parse_head(std::string_view head, request_head& out, const limits& lim,
       });
     } else if (kind == special::host) {
       ++hosts;
+      // Host = uri-host [ ":" port ] (RFC 9110 §7.2): reg-name, IPv4 or [IP-literal]
+      // characters only; an invalid one gets 400 (RFC 9112 §3.2).
+      for (unsigned char h : value) {
+        bool ok = (h >= 'a' && h <= 'z') || (h >= 'A' && h <= 'Z') || (h >= '0' && h <= '9') ||
+                  std::string_view("-._~%!$&'()*+,;=:[]").find(static_cast<char>(h)) !=
+                      std::string_view::npos;
+        if (!ok) return fail(err, 400, "invalid Host");
+      }
     } else if (kind == special::connection) {
       for_each_element(value, [&](std::string_view opt) {
         if (iequals(opt, "close")) connection_close = true;
@@ -261,6 +273,7 @@ result chunked_decoder::feed(std::string_view in, size_t& consumed, std::string&
         if (digits_ == 0) return done(fail(err, 400, "invalid chunk size"));
         if (c == ';') {
           state_ = state::ext;
+          ext_ = ext::before_name;
           ++i;
         } else if (c == ' ' || c == '\t') {
           state_ = state::size_bws;  // RFC 9112 §7.1.1: BWS, then only ';' may follow
@@ -276,22 +289,75 @@ result chunked_decoder::feed(std::string_view in, size_t& consumed, std::string&
       case state::size_bws:
         if (c == ';') {
           state_ = state::ext;
-        } else if (c == '\r') {
-          state_ = state::size_lf;
-        } else if (c != ' ' && c != '\t') {
+          ext_ = ext::before_name;
+        } else if (c != ' ' && c != '\t') {  // (whitespace, then the line's end: invalid)
           return done(fail(err, 400, "invalid chunk size"));
         }
         if (++trailer_bytes_ > kMaxTrailer) return done(fail(err, 400, "invalid chunk size"));
         ++i;
         break;
-      case state::ext:  // chunk extensions are ignored, but bounded and free of CTLs
-        if (c == '\r') {
-          state_ = state::size_lf;
-        } else if (!is_field_char(c) || ++trailer_bytes_ > kMaxTrailer) {
-          return done(fail(err, 400, "invalid chunk extension"));
+      case state::ext: {  // chunk extensions are checked and ignored, and bounded
+        if (++trailer_bytes_ > kMaxTrailer) return done(fail(err, 400, "chunk extension too long"));
+        bool ws = c == ' ' || c == '\t';
+        bool ok = true;
+        switch (ext_) {
+          case ext::before_name:  // BWS chunk-ext-name
+            if (kTchar[c])
+              ext_ = ext::name;
+            else
+              ok = ws;
+            break;
+          case ext::name:
+            if (kTchar[c]) break;
+            [[fallthrough]];
+          case ext::after_name:  // BWS, then "=" value, or the next ";", or the end
+          case ext::after_value:
+            if (c == '=' && ext_ != ext::after_value)
+              ext_ = ext::before_value;
+            else if (c == ';')
+              ext_ = ext::before_name;
+            else if (c == '\r')
+              state_ = state::size_lf;
+            else if (ws)
+              ext_ = ext_ == ext::after_value ? ext::after_value : ext::after_name;
+            else
+              ok = false;
+            break;
+          case ext::before_value:  // BWS, then token / quoted-string
+            if (c == '"')
+              ext_ = ext::quoted;
+            else if (kTchar[c])
+              ext_ = ext::token;
+            else
+              ok = ws;
+            break;
+          case ext::token:
+            if (kTchar[c]) break;
+            ext_ = ext::after_value;
+            if (c == ';')
+              ext_ = ext::before_name;
+            else if (c == '\r')
+              state_ = state::size_lf;
+            else
+              ok = ws;
+            break;
+          case ext::quoted:  // qdtext / quoted-pair (RFC 9110 §5.6.4)
+            if (c == '"')
+              ext_ = ext::after_value;
+            else if (c == '\\')
+              ext_ = ext::escape;
+            else
+              ok = is_field_char(c);
+            break;
+          case ext::escape:
+            ok = is_field_char(c);
+            ext_ = ext::quoted;
+            break;
         }
+        if (!ok) return done(fail(err, 400, "invalid chunk extension"));
         ++i;
         break;
+      }
       case state::size_lf:
         if (c != '\n') return done(fail(err, 400, "bare CR in chunk size line"));
         ++i;
@@ -328,11 +394,17 @@ result chunked_decoder::feed(std::string_view in, size_t& consumed, std::string&
           cr_ = false;
           if (line_start_ == 0) return done(result::done);
           line_start_ = 0;
+          colon_ = false;
         } else if (c == '\r') {
+          // field-line = field-name ":" OWS field-value OWS (RFC 9112 §5): a name, a colon.
+          if (line_start_ > 0 && !colon_) return done(fail(err, 400, "invalid trailer field"));
           cr_ = true;
         } else if (c == '\n') {
           return done(fail(err, 400, "bare LF in trailer"));
-        } else if (!is_field_char(c) || (line_start_ == 0 && (c == ' ' || c == '\t'))) {
+        } else if (!colon_ && c == ':' && line_start_ > 0) {
+          colon_ = true;
+          ++line_start_;
+        } else if (colon_ ? !is_field_char(c) : !kTchar[c]) {
           return done(fail(err, 400, "invalid trailer field"));
         } else {
           ++line_start_;

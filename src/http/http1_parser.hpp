@@ -84,6 +84,20 @@ class chunked_decoder {
   std::size_t trailer_bytes_ = 0;
   std::size_t line_start_ = 0;  // trailer: bytes in the current trailer line
   bool cr_ = false;
+  bool colon_ = false;  // trailer: the current line's name has ended
+  // Where in a chunk extension we are (RFC 9112 §7.1.1):
+  //   chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+  enum class ext : std::uint8_t {
+    before_name,
+    name,
+    after_name,
+    before_value,
+    token,
+    quoted,
+    escape,
+    after_value
+  };
+  ext ext_ = ext::before_name;
 };
 
 bool iequals(std::string_view a, std::string_view b) noexcept;

@@ -131,6 +131,10 @@ std::string serial_of(X509* cert) {
 
 }  // namespace
 
+void tls_thread_exit() noexcept {
+  OPENSSL_thread_stop();
+}
+
 std::string tls_last_error() {
   unsigned long e = ERR_get_error();
   std::string out;

@@ -94,6 +94,10 @@ void tls_close_notify(SSL* ssl);
 std::string_view tls_alpn(const SSL* ssl);
 std::string tls_peer_subject(const SSL* ssl);  // "" without a client certificate
 std::string_view tls_server_name(const SSL* ssl);
+// Frees this thread's OpenSSL state (its random generators, its error queue). A thread that
+// did TLS calls it before it reports its end: the process may exit right after, before the
+// thread-local destructors would have run.
+void tls_thread_exit() noexcept;
 // The first OpenSSL error on this thread's queue, as text (and clears the queue).
 std::string tls_last_error();
 

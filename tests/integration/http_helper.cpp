@@ -10,11 +10,13 @@
 //         /tls (protocol, TLS, SNI, client certificate) /trailers (a body and two trailers)
 //         /reload (server::reload_certificates(): 200, or 500 with the reason)
 //         /cookie (the request's Cookie field) /poison (leaves an OpenSSL error queued)
+//         /oom (the handler runs out of memory: std::bad_alloc)
 #include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
 #include <memory>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -147,6 +149,9 @@ int main(int argc, char** argv) {
       res.status(500).text(std::string(e.what()) + "\n");
     }
   });
+  // A handler that runs out of memory for one request. Thrown rather than provoked: a real
+  // huge allocation aborts under ASan instead of throwing, and may succeed under overcommit.
+  r.get("/oom", [](const http::request&, http::response&) -> void { throw std::bad_alloc(); });
   auto with_pid = [&](const http::request& req, http::response& res) {
     res.header("X-Pid", pid);
     r(req, res);
