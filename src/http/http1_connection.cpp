@@ -473,6 +473,13 @@ void hand_back(loop& l, connection& c, std::string_view rest, std::string& out) 
   post_for(l, c, resume_task);
 }
 
+constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+bool is_preface_start(std::string_view data) {
+  std::size_t n = std::min(data.size(), kPreface.size());
+  return n > 0 && data.substr(0, n) == kPreface.substr(0, n);
+}
+
 // Serves the complete requests already in c.in (held back while output was queued, or left
 // by a handed-off thread). Returns false when this thread lost the loop.
 bool serve_buffered(loop& l, connection& c) {
@@ -481,6 +488,9 @@ bool serve_buffered(loop& l, connection& c) {
     if (c.in.empty() || c.read_blocked || c.closing || c.stage == connection::phase::closed) {
       return true;
     }
+    // The start of an h2c preface that came in pieces: read_and_process() waits for the rest
+    // ("PRI * HTTP/2.0\r\n\r\n", its first 18 bytes, would parse as an HTTP/1.1 head).
+    if (c.fresh && !c.tls && l.srv->opts.http2.cleartext && is_preface_start(c.in)) return true;
     std::string data = std::move(c.in);
     c.in.clear();
     std::size_t consumed = 0;
@@ -495,13 +505,6 @@ bool serve_buffered(loop& l, connection& c) {
   }
   post_for(l, c, read_task);  // fairness: other connections first, then the rest
   return true;
-}
-
-constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-bool is_preface_start(std::string_view data) {
-  std::size_t n = std::min(data.size(), kPreface.size());
-  return n > 0 && data.substr(0, n) == kPreface.substr(0, n);
 }
 
 bool read_and_process(loop& l, connection& c, bool peer_closed) {
