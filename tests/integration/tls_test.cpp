@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <regex>
 #include <set>
 #include <thread>
@@ -307,6 +308,43 @@ TEST_F(tls_test, a_broken_certificate_in_a_new_process_rolls_back) {
       << read_file(log);
   EXPECT_EQ(read_pid(pidfile), pid);
   EXPECT_EQ(curl(url("/pid")), std::to_string(pid));
+}
+
+// examples/tls, the twin of endless's TLS example: HTTPS with HTTP/2 and HTTP/1.1, a
+// certificate replaced on disk served without a restart, and a SIGHUP upgrade.
+TEST_F(tls_test, the_tls_example_serves_reloads_and_restarts) {
+  standard_pki();
+  processes::spec s;
+  s.argv = {TLS_EXAMPLE_PATH, "127.0.0.1:0", dir / "server.pem", dir / "server.key"};
+  s.log = log;
+  pid_t pid = procs.start(s);
+  ASSERT_TRUE(wait_until([&] { return (port = logged_port(log, pid)) > 0; }, 10s))
+      << read_file(log);
+  EXPECT_EQ(curl("--http2 -w ' %{http_version}' " + url()), "bar\n 2");
+  EXPECT_EQ(curl("--http1.1 -w ' %{http_version}' " + url()), "bar\n 1.1");
+  EXPECT_NE(served_certificate().find("serial=01"), std::string::npos);
+  make_cert("next", "localhost", "ca", 2);
+  std::filesystem::rename(std::string(dir / "next.key"), std::string(dir / "server.key"));
+  std::filesystem::rename(std::string(dir / "next.pem"), std::string(dir / "server.pem"));
+  EXPECT_TRUE(
+      wait_until([&] { return served_certificate().find("serial=02") != std::string::npos; }, 10s));
+  ::kill(pid, SIGHUP);
+  pid_t next = 0;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto lines = lines_with(log, "is ready; handing over");
+        if (lines.empty()) return false;
+        next = std::atoi(lines[0].c_str() + lines[0].find("process ") + 8);
+        return true;
+      },
+      10s))
+      << read_file(log);
+  procs.track(next);
+  EXPECT_TRUE(procs.wait_gone(pid, 10s));
+  EXPECT_EQ(curl("--http2 " + url()), "bar\n");
+  ::kill(next, SIGTERM);
+  EXPECT_TRUE(procs.wait_gone(next, 10s));
+  EXPECT_EQ(count_lines(log, "Server on 127.0.0.1:0 stopped"), 2) << read_file(log);
 }
 
 TEST_F(tls_test, a_client_that_never_finishes_the_handshake_is_closed) {
