@@ -452,6 +452,9 @@ void settle(loop& l, connection& c) {
     if (c.timer != k) timer_arm(l, c, k);
     return;
   }
+  // A new plain connection that has sent nothing yet keeps the timer on_accepted() armed
+  // (read_header_timeout): it is not an idle keep-alive connection.
+  if (c.fresh && !c.tls && c.in.empty() && c.timer != timer_kind::none) return;
   if (c.in.empty()) std::string().swap(c.in);
   l.srv->state_changed(c, conn_state::idle);
   timer_arm(l, c, timer_kind::idle);
@@ -642,10 +645,10 @@ void format_peer(std::string& out, const sockaddr_storage& ss, socklen_t len) {
   if (ss.ss_family == AF_INET) {
     const auto& in = reinterpret_cast<const sockaddr_in&>(ss);
     const auto* b = reinterpret_cast<const unsigned char*>(&in.sin_addr);
-    char buf[24];
+    char buf[32];  // "255.255.255.255:65535" is 21
     char* p = buf;
     for (int i = 0; i < 4; ++i) {
-      p = std::to_chars(p, buf + sizeof buf, b[i]).ptr;
+      p = std::to_chars(p, buf + 16, b[i]).ptr;  // at most 4 x "255." = 16
       *p++ = i < 3 ? '.' : ':';
     }
     p = std::to_chars(p, buf + sizeof buf, ntohs(in.sin_port)).ptr;
@@ -657,7 +660,27 @@ void format_peer(std::string& out, const sockaddr_storage& ss, socklen_t len) {
 
 }  // namespace
 
-void on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len) {
+namespace {
+
+// Adds a connection that is still open to the loop's epoll set; false if that failed (the
+// connection is closed then).
+bool register_connection(loop& l, connection& c) {
+  if (c.registered || c.stage == connection::phase::closed) return true;
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  ev.data.ptr = &c;
+  if (::epoll_ctl(l.epoll.get(), EPOLL_CTL_ADD, c.fd, &ev) != 0) {
+    if (c.tls) c.tls->failed = true;
+    close_connection(l, c);
+    return false;
+  }
+  c.registered = true;
+  return true;
+}
+
+}  // namespace
+
+bool on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len) {
   auto* c = new connection;
   c->fd = fd;
   c->id = l.srv->next_conn_id.fetch_add(1, std::memory_order_relaxed);
@@ -679,23 +702,21 @@ void on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len) {
       l.srv->log("TLS: can't start a session: " + why);
       t->failed = true;
       close_connection(l, *c);
-      return;
+      return true;
     }
     c->stage = connection::phase::handshake;
-  }
-  epoll_event ev{};
-  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-  ev.data.ptr = c;
-  if (::epoll_ctl(l.epoll.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
-    if (c->tls) c->tls->failed = true;
-    close_connection(l, *c);
-    return;
   }
   if (c->tls) {
     timer_arm(l, *c, timer_kind::handshake);
   } else {
     timer_arm(l, *c, l.draining ? timer_kind::idle : timer_kind::header);
   }
+  // With TCP_DEFER_ACCEPT the request (or ClientHello) is usually here already: serve it
+  // before registering, so that a Connection: close exchange never touches epoll. Data that
+  // arrives after this read is reported by EPOLL_CTL_ADD, which polls the socket as it adds.
+  if (!on_io(l, *c, EPOLLIN)) return false;  // hand_back() posted the rest; c is not ours
+  (void)register_connection(l, *c);
+  return true;
 }
 
 namespace {
@@ -770,7 +791,9 @@ bool on_io(loop& l, connection& c, std::uint32_t events) {
   return read_and_process(l, c, events & (EPOLLRDHUP | EPOLLHUP));
 }
 
-void on_resume(loop& l, connection& c) {
+namespace {
+
+void resume_connection(loop& l, connection& c) {
   if (c.h2) {
     h2_resume(l, c);
     return;
@@ -789,6 +812,14 @@ void on_resume(loop& l, connection& c) {
   (void)read_and_process(l, c, false);
 }
 
+}  // namespace
+
+void on_resume(loop& l, connection& c) {
+  resume_connection(l, c);
+  // A new connection whose first handler blocked was never registered (on_accepted()).
+  (void)register_connection(l, c);
+}
+
 void close_connection(loop& l, connection& c) {
   if (c.stage == connection::phase::closed) return;
   bool handshaking = c.stage == connection::phase::handshake;
@@ -801,7 +832,7 @@ void close_connection(loop& l, connection& c) {
   }
   // Remove from epoll explicitly: a copy of the fd in a forked child (between fork and exec
   // of an upgrade) would keep the registration alive after close().
-  ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, c.fd, nullptr);
+  if (c.registered) ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, c.fd, nullptr);
   {
     std::lock_guard lock(l.conns_mu);
     l.unlink(&c);

@@ -264,7 +264,7 @@ void accept_batch(loop& l) {
     int fd = ::accept4(l.listener.get(), reinterpret_cast<sockaddr*>(&ss), &len,
                        SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      on_accepted(l, fd, ss, len);
+      if (!on_accepted(l, fd, ss, len)) return;  // a handler blocked: the loop moved on
       continue;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) return;
@@ -463,6 +463,10 @@ void server::impl::start(core::unique_fd listener) {
   // segments could wait for a delayed ACK.) Fails harmlessly on unix sockets.
   int one = 1;
   ::setsockopt(listener.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  // The option is the socket's, shared with the other process during an upgrade: set it
+  // either way so that a new version that turned it off really has it off.
+  int defer = st.opts.defer_accept ? 1 : 0;
+  ::setsockopt(listener.get(), IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof defer);
   for (auto& l : st.loops)
     spawn_loop_thread(*l, 0);
   st.monitor = std::thread([this] { monitor(st); });

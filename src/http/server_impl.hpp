@@ -84,6 +84,7 @@ struct connection {
   bool client_close = false;  // the client asked for the close (Connection: close, HTTP/1.0)
   bool discarded = false;     // bytes after the last request were dropped: linger
   bool fresh = true;          // no request served yet (h2c looks for the preface then)
+  bool registered = false;    // in the loop's epoll set (a new connection is served first)
   std::size_t scan = 0;       // find_head_end's resume point
   std::size_t head_length = 0;
   std::size_t body_consumed = 0;  // chunked: bytes of `in` after the head already decoded
@@ -213,7 +214,9 @@ ssize_t conn_send(connection& c, const char* buf, std::size_t len);
 // limit). For a thread that owns the connection while a handler streams.
 bool send_blocking(connection& c, std::string_view bytes, std::chrono::milliseconds limit);
 void free_connection(connection* c);  // closes nothing: frees the struct and its state
-void on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len);
+// Serves what a new connection already sent, then registers it with epoll if it is still
+// open; false when this thread lost the loop meanwhile (touch nothing of it then).
+bool on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len);
 // Handles readiness of `c`; returns false when this thread lost the loop (handed off).
 bool on_io(loop& l, connection& c, std::uint32_t events);
 void on_resume(loop& l, connection& c);

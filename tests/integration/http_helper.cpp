@@ -2,6 +2,7 @@
 //   --addr A (repeatable: several servers from one binary)  --pidfile F  --threads N
 //   --read-header-timeout-ms N  --idle-timeout-ms N  --write-timeout-ms N
 //   --max-body N  --hammer-time S  --drain-grace-ms N  --read-timeout-ms N  --log-states 1
+//   --defer-accept 0|1
 //   --tls-cert F --tls-key F  --sni-cert F --sni-key F (repeatable)  --client-ca F
 //   --verify-client none|optional|required  --handshake-timeout-ms N  --tls13-only 1
 //   --h2c 1  --h2 0  --max-streams N  --goaway-wait-ms N  --watch 0  --max-header N
@@ -85,6 +86,8 @@ int main(int argc, char** argv) {
       o.http2.goaway_wait = milliseconds(std::stoll(v));
     } else if (f == "--max-header") {
       o.max_header_bytes = std::stoull(v);
+    } else if (f == "--defer-accept") {
+      o.defer_accept = v == "1";
     } else if (f == "--log-states") {
       log_states = v == "1";
     } else {

@@ -288,6 +288,58 @@ TEST_F(http_server_test, pipelined_requests_behind_a_handed_off_handler_keep_the
   EXPECT_TRUE(a < b && b < c && c < d) << r.data;
 }
 
+// A new connection is served before it is added to epoll (on_accepted()); when its first
+// handler blocks and the loop moves to another thread, the new owner must still register it,
+// or the next request on the connection would never be read.
+TEST_F(http_server_test, a_connection_whose_first_handler_blocks_stays_usable) {
+  start_http({"--threads", "1"});
+  int fd = connect_loopback(port);
+  ASSERT_GE(fd, 0);
+  auto exchange = [&](const std::string& target, const std::string& want) {
+    std::string req = "GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+      return std::string("send failed");
+    }
+    std::string got;
+    for (int i = 0; i < 100 && got.find(want) == std::string::npos; ++i) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 3000) != 1) return "no answer, got: " + got;
+      char buf[4096];
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) return "closed, got: " + got;
+      got.append(buf, static_cast<std::size_t>(n));
+    }
+    return std::string("ok");
+  };
+  EXPECT_EQ(exchange("/sleep?ms=200", "slept"), "ok");  // long enough to be handed off
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(exchange("/", "Hello Zero-Downtime!"), "ok") << "request " << i;
+  ::close(fd);
+}
+
+// TCP_DEFER_ACCEPT (on by default): a connection that has sent nothing is not taken yet;
+// once its request arrives it is served at once. Off: taken at the end of the handshake.
+TEST_F(http_server_test, defer_accept_takes_connections_with_their_first_bytes) {
+  for (const char* defer : {"1", "0"}) {
+    SCOPED_TRACE(std::string("--defer-accept ") + defer);
+    pid_t pid = start_http({"--log-states", "1", "--defer-accept", defer});
+    int fd = connect_loopback(port);
+    ASSERT_GE(fd, 0);
+    std::this_thread::sleep_for(400ms);
+    EXPECT_EQ(count_lines(log, " created"), defer[0] == '1' ? 0 : 1) << read_file(log);
+    std::string req = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+    auto [got, eof] = read_to_eof(fd, 3000);
+    ::close(fd);
+    EXPECT_TRUE(eof);
+    EXPECT_GT(got, 0u);
+    EXPECT_EQ(count_lines(log, " created"), 1) << read_file(log);
+    ::kill(pid, SIGTERM);
+    EXPECT_TRUE(procs.wait_gone(pid, 10s));
+    ::unlink(log.c_str());
+  }
+}
+
 TEST_F(http_server_test, a_half_closed_client_gets_its_whole_response) {
   start_http({});
   int fd = connect_loopback(port);

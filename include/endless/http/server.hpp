@@ -88,6 +88,10 @@ struct server_options {
   // While draining, an idle connection is closed after it stayed idle this long (from its
   // last response or from the start of the drain, whichever is later).
   std::chrono::milliseconds drain_grace = 1s;
+  // TCP_DEFER_ACCEPT on a TCP listener: a connection is taken once its first bytes are in
+  // (or after about a second without any), and served in the same step, without an epoll
+  // round trip. Off: taken as soon as the handshake completes.
+  bool defer_accept = true;
   int threads = 0;         // event loops; 0 = CPUs in this process's affinity mask
   int max_threads = 1024;  // cap on loop threads, blocked handlers included
   // Process-wide, taken from the first server given to serve():
