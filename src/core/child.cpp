@@ -1,4 +1,5 @@
 // The new process's side of an upgrade, and ready() for a first start.
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -49,6 +50,21 @@ std::error_code upgrader::impl::do_ready() {
   if (startup().env.error) return startup().env.error;
 
   int channel = startup().env.ready_fd;
+  // The pid file is written before we say we are ready and renamed into place once the old
+  // process acknowledged: a new process that can't write it (disk full, directory gone) is
+  // not ready, so the old one keeps serving and the pid file keeps naming a live process.
+  std::string staged;
+  if (!opts.pid_file.empty()) {
+    if (auto ec = stage_pid_file(opts.pid_file, pid, staged)) {
+      log_pid("can't write pid file " + opts.pid_file + ": " + ec.message() +
+              (channel >= 0 ? "; not taking over" : ""));
+      if (channel >= 0) {
+        ::close(channel);  // the old process sees the channel close and rolls back
+        startup().env.ready_fd = -1;
+        return ec;
+      }
+    }
+  }
   bool alone = false;
   if (channel >= 0) {
     unique_fd owned(channel);
@@ -56,10 +72,19 @@ std::error_code upgrader::impl::do_ready() {
     std::string why;
     std::error_code ec = handshake(channel, startup().parent, alone, why);
     if (!why.empty()) log_pid(why);
-    if (ec) return ec;
+    if (ec) {
+      discard_pid_file(staged);
+      return ec;
+    }
+    if (!alone) {
+      // Kept for 'D' when we drain (protocol.hpp); inherited without FD_CLOEXEC (dup2), so
+      // set it: a process we start must not hold it.
+      ::fcntl(owned.get(), F_SETFD, FD_CLOEXEC);
+      parent_channel = std::move(owned);
+    }
   }
-  if (!opts.pid_file.empty()) {
-    if (auto ec = write_pid_file(opts.pid_file, pid)) {
+  if (!staged.empty()) {
+    if (auto ec = commit_pid_file(staged, opts.pid_file)) {
       log_pid("can't write pid file " + opts.pid_file + ": " + ec.message());
     }
   }

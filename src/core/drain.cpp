@@ -6,7 +6,12 @@
 //   3. arm the hammer (hammer_time; negative = never; SIGUSR2 fires it now)
 //   4. stop when every server reported drained, or when the hammer fired
 // SIGINT/SIGTERM run the same drain without a new process (`final`).
+#include <algorithm>
+
+#include <sys/socket.h>
+
 #include "pid_file.hpp"
+#include "protocol.hpp"
 #include "upgrader_impl.hpp"
 
 namespace endless::core {
@@ -14,6 +19,12 @@ namespace endless::core {
 void upgrader::impl::do_shutdown(const std::string& what) {
   state s = current.load();
   if (s == state::draining || s == state::stopped) {
+    if (probation) {
+      // A stop asked for while the old process waits out the probation: no rollback any
+      // more, and no waiting for one.
+      end_probation(what + ": probation ended early");
+      return;
+    }
     log_pid(what + ", but already shutting down; ignored.");
     return;
   }
@@ -25,6 +36,12 @@ void upgrader::impl::do_shutdown(const std::string& what) {
 void upgrader::impl::begin_drain(bool final) {
   final_shutdown = final;
   current.store(state::draining);
+  if (parent_channel) {
+    // The old process, if still on probation, must not take our exit for a crash.
+    char d = protocol::kDraining;
+    (void)!::send(parent_channel.get(), &d, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    parent_channel.reset();
+  }
   if (final) notify("STOPPING=1");
 
   std::vector<std::function<void()>> hooks;
@@ -47,12 +64,17 @@ void upgrader::impl::begin_drain(bool final) {
 
   // Steps 1 and 2.
   draining_services.assign(targets.begin(), targets.end());
+  std::uint64_t epoch = ++drain_epoch;
   for (drainable* d : targets) {
-    d->begin_drain([box = box, d] { box->post({command::kind::drained, {}, d}); });
+    d->begin_drain([box = box, d, epoch] { box->post({command::kind::drained, {}, d, epoch}); });
   }
   // A process that never served (killed before ready) must not unlink the paths of the
-  // process that still does.
-  registry::instance().close_all(final && served);
+  // process that still does. On probation the copies stay until it ends.
+  if (!probation) {
+    for (drainable* d : targets)
+      d->release_listeners();
+    registry::instance().close_all(final && served);
+  }
 
   // Step 3.
   if (opts.hammer_time.count() >= 0) hammer_at = clock::now() + opts.hammer_time;
@@ -61,8 +83,8 @@ void upgrader::impl::begin_drain(bool final) {
   if (draining_services.empty()) finish();
 }
 
-void upgrader::impl::on_service_drained(const drainable* d) {
-  if (current.load() != state::draining) return;
+void upgrader::impl::on_service_drained(const drainable* d, std::uint64_t epoch) {
+  if (current.load() != state::draining || epoch != drain_epoch) return;
   auto it = std::find(draining_services.begin(), draining_services.end(), d);
   if (it == draining_services.end()) return;
   draining_services.erase(it);
@@ -89,11 +111,94 @@ void upgrader::impl::do_hammer() {
 
 void upgrader::impl::finish() {
   hammer_at.reset();
+  if (probation) {
+    finish_pending = true;  // exits when the probation ends (or is ended)
+    return;
+  }
   if (final_shutdown && !opts.pid_file.empty()) remove_pid_file(opts.pid_file, pid);
   log_pid(final_shutdown ? "Shut down." : "Handed over; exiting.");
   // wait() returns at the end of this loop round, after the post-signal hooks of the
   // signal being handled (if any) have run.
   drained = true;
+}
+
+void upgrader::impl::end_probation(const std::string& why) {
+  if (!probation) return;
+  log_pid("probation over (" + why + "); new process " + std::to_string(probation->child.pid) +
+          " keeps the service");
+  probation.reset();  // our child still: reaped by whoever inherits it when we exit
+  probation_channel.reset();
+  std::vector<drainable*> targets;
+  {
+    std::lock_guard lock(mu);
+    targets = services;
+  }
+  for (drainable* d : targets)
+    d->release_listeners();
+  registry::instance().close_all(false);
+  if (finish_pending) {
+    finish_pending = false;
+    finish();
+  }
+}
+
+bool upgrader::impl::can_roll_back() {
+  std::lock_guard lock(mu);
+  return !services.empty() && std::all_of(services.begin(), services.end(),
+                                          [](const drainable* d) { return d->can_resume(); });
+}
+
+void upgrader::impl::on_probation_child_exited() {
+  const pid_t child = probation->child.pid;
+  auto lived =
+      std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - probation->since);
+  std::string how;
+  bool crashed = reap_exited(probation->child, how) == exit_kind::crashed;
+  std::vector<drainable*> targets;
+  {
+    std::lock_guard lock(mu);
+    targets = services;
+  }
+  bool resumable = can_roll_back();
+  if (!crashed || !resumable) {
+    end_probation("new process " + std::to_string(child) + " " + how +
+                  (crashed ? "; a server here can't resume, no rollback" : ", not a crash"));
+    return;
+  }
+  probation.reset();
+  probation_channel.reset();
+  rollbacks++;
+  log_pid("new process " + std::to_string(child) + " " + how + " " + std::to_string(lived.count()) +
+          " ms after it took over; rolling back: serving again.");
+  ++drain_epoch;  // a `drained` of the drain being undone is stale from now on
+  draining_services.clear();
+  hammer_at.reset();
+  finish_pending = false;
+  for (drainable* d : targets)
+    d->resume();
+  current.store(state::serving);
+  if (!opts.pid_file.empty()) {
+    if (auto ec = write_pid_file(opts.pid_file, pid)) {
+      log_pid("can't write pid file " + opts.pid_file + ": " + ec.message());
+    }
+  }
+  notify("MAINPID=" + std::to_string(pid) + "\nREADY=1\nSTATUS=rolled back: new process " +
+         std::to_string(child) + " " + how);
+  if (watchdog_usec) next_watchdog = clock::now();
+}
+
+void upgrader::impl::on_probation_channel_readable() {
+  char byte = 0;
+  ssize_t n;
+  do {
+    n = ::recv(probation_channel.get(), &byte, 1, MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EAGAIN) return;
+  probation_channel.reset();
+  if (n == 1 && byte == protocol::kDraining) {
+    end_probation("new process " + std::to_string(probation->child.pid) + " is draining itself");
+  }
+  // EOF without 'D': a crash closes it too; the pidfd tells.
 }
 
 }  // namespace endless::core

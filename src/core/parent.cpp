@@ -89,7 +89,7 @@ void upgrader::impl::on_channel_readable() {
   if (n != 1 || byte != protocol::kReady) {
     // EOF: it exited, or closed the channel without being ready. Learn how, then roll back.
     fail_upgrade(errc::child_exited,
-                 "new process " + std::to_string(child) + " closed the readiness channel");
+                 "new process " + std::to_string(child) + " closed the readiness channel and");
     return;
   }
   // Hand-over. Acknowledge first: if the new process is gone by now nothing has been said
@@ -104,7 +104,13 @@ void upgrader::impl::on_channel_readable() {
   notify("MAINPID=" + std::to_string(child) + "\nREADY=1");
   upgrades++;
   log_pid("new process " + std::to_string(child) + " is ready; handing over.");
-  auto waiting = end_upgrade();  // the child is on its own now; we never wait for it
+  if (opts.probation.count() > 0 && can_roll_back()) {
+    // Watched for the probation: if it crashes meanwhile, we take the service back.
+    auto now = clock::now();
+    probation = probation_watch{std::move(upgrade->child), now, now + opts.probation};
+    probation_channel = std::move(upgrade->channel);
+  }
+  auto waiting = end_upgrade();  // the child is on its own now (but for the probation)
   // Drain first: whoever waits on upgrade() sees this process already draining.
   begin_drain(false);
   for (auto& w : waiting)

@@ -11,7 +11,7 @@
 
 namespace endless::core {
 
-std::error_code write_pid_file(const std::string& path, pid_t pid) {
+std::error_code stage_pid_file(const std::string& path, pid_t pid, std::string& staged) {
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   std::string text = std::to_string(pid) + "\n";
   std::error_code ec;
@@ -27,9 +27,29 @@ std::error_code write_pid_file(const std::string& path, pid_t pid) {
                  : std::make_error_code(std::errc::no_space_on_device);
     }
   }
-  if (!ec && ::rename(tmp.c_str(), path.c_str()) != 0) ec = {errno, std::system_category()};
-  if (ec) ::unlink(tmp.c_str());
+  if (ec) {
+    ::unlink(tmp.c_str());
+    return ec;
+  }
+  staged = std::move(tmp);
+  return {};
+}
+
+std::error_code commit_pid_file(const std::string& staged, const std::string& path) {
+  if (::rename(staged.c_str(), path.c_str()) == 0) return {};
+  std::error_code ec(errno, std::system_category());
+  ::unlink(staged.c_str());
   return ec;
+}
+
+void discard_pid_file(const std::string& staged) {
+  if (!staged.empty()) ::unlink(staged.c_str());
+}
+
+std::error_code write_pid_file(const std::string& path, pid_t pid) {
+  std::string staged;
+  if (auto ec = stage_pid_file(path, pid, staged)) return ec;
+  return commit_pid_file(staged, path);
 }
 
 pid_t read_pid_file(const std::string& path) {

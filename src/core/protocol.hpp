@@ -22,6 +22,11 @@
 // EOF before 'R', the child's exit, or upgrade_timeout as a failed upgrade: it kills the
 // child and goes on serving.
 //
+// After 'A' the new process keeps its end open: when it begins to drain (its own upgrade
+// handed over, or SIGTERM) it sends 'D' and closes it. The old process, on probation
+// (options::probation), then knows that the new one's exit will not be a crash to roll back
+// from. A peer that never sends 'D' (closes at once) only loses that refinement.
+//
 // Every variable is removed from this process's environment at load time, so nothing the
 // application starts later inherits it.
 #pragma once
@@ -31,6 +36,7 @@ namespace endless::core::protocol {
 inline constexpr int kVersion = 1;
 inline constexpr char kReady = 'R';
 inline constexpr char kAck = 'A';
+inline constexpr char kDraining = 'D';
 inline constexpr int kFirstFd = 3;  // SD_LISTEN_FDS_START
 
 inline constexpr const char* kListenFds = "LISTEN_FDS";

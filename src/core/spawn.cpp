@@ -90,22 +90,25 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
   for (const auto& fd : req.fds) {
     staged.emplace_back(::fcntl(fd.fd.get(), F_DUPFD_CLOEXEC, staging_floor));
     if (!staged.back()) {
-      why = "can't start new process: dup of '" + fd.name + "'";
-      return last_error();
+      std::error_code ec = last_error();
+      why = "can't start new process: dup of '" + fd.name + "': " + ec.message();
+      return ec;
     }
   }
   unique_fd ready(::fcntl(req.ready_fd, F_DUPFD_CLOEXEC, staging_floor));
   int err_pipe[2];
   if (!ready || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
-    why = "can't start new process: pipe";
-    return last_error();
+    std::error_code ec = last_error();
+    why = "can't start new process: pipe: " + ec.message();
+    return ec;
   }
   unique_fd err_read(err_pipe[0]);
   unique_fd err_write(::fcntl(err_pipe[1], F_DUPFD_CLOEXEC, staging_floor));
   ::close(err_pipe[1]);
   if (!err_write) {
-    why = "can't start new process: dup";
-    return last_error();
+    std::error_code ec = last_error();
+    why = "can't start new process: dup: " + ec.message();
+    return ec;
   }
 
   // The environment: ours minus the protocol variables, plus this upgrade's.
@@ -150,8 +153,9 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
 
   pid_t pid = ::fork();
   if (pid < 0) {
-    why = "can't start new process: fork";
-    return last_error();
+    std::error_code ec = last_error();
+    why = "can't start new process: fork: " + ec.message();
+    return ec;
   }
   if (pid == 0) {
     // Child: async-signal-safe calls only.
@@ -198,7 +202,7 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     out.pid = -1;
-    why = "can't start new process: pidfd_open";
+    why = "can't start new process: pidfd_open: " + ec.message();
     return ec;
   }
   return {};
@@ -216,6 +220,20 @@ std::string kill_and_reap(const spawned& child) {
   }
   if (si.si_pid == 0) return "did not exit after SIGKILL";
   return describe(si);
+}
+
+exit_kind reap_exited(const spawned& child, std::string& how) {
+  siginfo_t si{};
+  if (::waitid(kWaitPidfd, static_cast<id_t>(child.pidfd.get()), &si, WEXITED | WNOHANG) != 0) {
+    how = errno == ECHILD ? "exited (reaped elsewhere, status unknown)" : "could not be reaped";
+    return exit_kind::unknown;
+  }
+  if (si.si_pid == 0) {
+    how = "ended in a way we could not read";
+    return exit_kind::unknown;
+  }
+  how = describe(si);
+  return si.si_code == CLD_EXITED && si.si_status == 0 ? exit_kind::clean : exit_kind::crashed;
 }
 
 }  // namespace endless::core

@@ -39,5 +39,9 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why);
 // "was killed by signal 11 (Segmentation fault)"). Everything goes through the pidfd, so a
 // pid reaped elsewhere (SIGCHLD ignored, a waitpid(-1) reaper) and reused is never hit.
 std::string kill_and_reap(const spawned& child);
+// Reaps a child whose pidfd is readable, without killing it; `how` describes the end.
+// crashed: killed by a signal or a non-zero exit status; unknown: reaped elsewhere.
+enum class exit_kind { clean, crashed, unknown };
+exit_kind reap_exited(const spawned& child, std::string& how);
 
 }  // namespace endless::core

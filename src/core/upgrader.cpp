@@ -159,6 +159,7 @@ std::optional<int> upgrader::impl::poll_timeout_ms() const {
   if (upgrade) consider(upgrade->deadline);
   consider(hammer_at);
   consider(next_watchdog);
+  if (probation) consider(probation->until);
   if (!next) return std::nullopt;
   auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
   return static_cast<int>(std::clamp<long long>(ms, 0, 60'000));
@@ -172,6 +173,8 @@ void upgrader::impl::on_timers() {
                                           std::to_string(opts.upgrade_timeout.count()) + " ms");
   }
   if (hammer_at && now >= *hammer_at) do_hammer();
+  if (probation && now >= probation->until)
+    end_probation("its " + std::to_string(opts.probation.count()) + " ms are up");
   if (next_watchdog && now >= *next_watchdog) {
     state s = current.load();
     // After a hand-over the new process pings; a final drain still owes systemd pings.
@@ -186,7 +189,7 @@ void upgrader::impl::on_timers() {
 
 void upgrader::impl::loop() {
   for (;;) {
-    pollfd fds[4];
+    pollfd fds[6];
     int n = 0;
     fds[n++] = {box->wake.get(), POLLIN, 0};
     int sig_at = -1, channel_at = -1, child_at = -1;
@@ -199,6 +202,15 @@ void upgrader::impl::loop() {
       fds[n++] = {upgrade->channel.get(), POLLIN, 0};
       child_at = n;
       fds[n++] = {upgrade->child.pidfd.get(), POLLIN, 0};
+    }
+    int probation_at = -1, probation_channel_at = -1;
+    if (probation && probation->child.pidfd) {
+      probation_at = n;
+      fds[n++] = {probation->child.pidfd.get(), POLLIN, 0};
+    }
+    if (probation && probation_channel) {
+      probation_channel_at = n;
+      fds[n++] = {probation_channel.get(), POLLIN, 0};
     }
     auto timeout = poll_timeout_ms();
     int rc = ::poll(fds, static_cast<nfds_t>(n), timeout ? *timeout : -1);
@@ -230,6 +242,15 @@ void upgrader::impl::loop() {
     // a child that said 'R' and then died is the new server's problem, not a rollback.
     if (rc > 0 && upgrade && channel_at >= 0 && fds[channel_at].revents) on_channel_readable();
     if (rc > 0 && upgrade && child_at >= 0 && fds[child_at].revents) on_child_exited();
+    // An exit wins over a 'D' seen in the same round only if it was a crash: the pidfd
+    // first, its status decides.
+    if (rc > 0 && probation && probation_at >= 0 && fds[probation_at].revents) {
+      on_probation_child_exited();
+    }
+    if (rc > 0 && probation && probation_channel && probation_channel_at >= 0 &&
+        fds[probation_channel_at].revents) {
+      on_probation_channel_readable();
+    }
     on_timers();
     if (drained && current.load() != state::stopped) {
       {
@@ -257,7 +278,7 @@ bool upgrader::impl::run(command& c) {
       if (current.load() == state::draining) do_hammer();
       break;
     case kind::drained:
-      on_service_drained(c.from);
+      on_service_drained(c.from, c.drain);
       break;
     case kind::detach:
       do_detach(c.from);
@@ -274,7 +295,7 @@ void upgrader::impl::do_detach(const drainable* d) {
     std::lock_guard lock(mu);
     std::erase(services, d);
   }
-  on_service_drained(d);  // a detached server no longer holds up the drain
+  on_service_drained(d, drain_epoch);  // a detached server no longer holds up the drain
 }
 
 // ---------------------------------------------------------------- public API

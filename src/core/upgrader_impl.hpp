@@ -50,6 +50,7 @@ struct upgrader::impl {
     enum class kind { ready, upgrade, shutdown, hammer, drained, detach, quit } what;
     std::promise<std::error_code> result;  // ready, upgrade, detach
     const drainable* from = nullptr;       // drained, detach
+    std::uint64_t drain = 0;               // drained: which drain (a rollback ends one)
   };
   struct mailbox {
     std::mutex mu;
@@ -61,7 +62,7 @@ struct upgrader::impl {
   std::shared_ptr<mailbox> box = std::make_shared<mailbox>();
 
   std::atomic<state> current{state::starting};
-  std::atomic<std::uint64_t> upgrades{0}, failed_upgrades{0};
+  std::atomic<std::uint64_t> upgrades{0}, failed_upgrades{0}, rollbacks{0};
 
   std::optional<signal_pipe> signals;
   std::thread thread;
@@ -75,6 +76,16 @@ struct upgrader::impl {
     std::vector<std::promise<std::error_code>> waiting;
   };
   std::optional<upgrade_in_flight> upgrade;
+  // After a hand-over: the new process, watched until `until` (options::probation).
+  struct probation_watch {
+    spawned child;
+    clock::time_point since, until;
+  };
+  std::optional<probation_watch> probation;
+  unique_fd probation_channel;  // the new process's 'D' comes here (protocol.hpp)
+  unique_fd parent_channel;     // (new process) to the old one: 'D' when we begin to drain
+  bool finish_pending = false;  // the drain ended during the probation: finish at its end
+  std::uint64_t drain_epoch = 0;
   std::vector<const drainable*> draining_services;
   bool final_shutdown = false;
   bool served = false;   // reached state::serving: only then may a final shutdown unlink paths
@@ -113,9 +124,16 @@ struct upgrader::impl {
   // starts the log line ("Received SIGTERM").
   void do_shutdown(const std::string& what);
   void begin_drain(bool final);
-  void on_service_drained(const drainable* d);
+  void on_service_drained(const drainable* d, std::uint64_t epoch);
   void do_hammer();
   void finish();
+  // The probation's end: its deadline, or SIGTERM to this process. Closes our listener
+  // copies, then finishes if the drain already has.
+  void end_probation(const std::string& why);
+  // The new process exited during the probation: roll back, unless it was a clean exit.
+  void on_probation_child_exited();
+  bool can_roll_back();  // every attached server can resume()
+  void on_probation_channel_readable();
 };
 
 }  // namespace endless::core

@@ -793,31 +793,29 @@ bool on_io(loop& l, connection& c, std::uint32_t events) {
 
 namespace {
 
-void resume_connection(loop& l, connection& c) {
-  if (c.h2) {
-    h2_resume(l, c);
-    return;
-  }
+// False when this thread lost the loop in a handler again (touch nothing after that).
+bool resume_connection(loop& l, connection& c) {
+  if (c.h2) return h2_resume(l, c);
   c.busy = false;
-  if (!c.out.empty() && !flush_pending(l, c)) return;
-  if (c.stage == connection::phase::closed) return;
+  if (!c.out.empty() && !flush_pending(l, c)) return true;
+  if (c.stage == connection::phase::closed) return true;
   if (c.closing) {
     if (c.out.empty() && c.stage != connection::phase::lingering) (void)start_linger(l, c);
-    return;
+    return true;
   }
-  if (c.read_blocked) return;  // the rest waits for EPOLLOUT
-  if (!serve_buffered(l, c)) return;
-  if (c.stage == connection::phase::closed || c.read_blocked || c.closing) return;
+  if (c.read_blocked) return true;  // the rest waits for EPOLLOUT
+  if (!serve_buffered(l, c)) return false;
+  if (c.stage == connection::phase::closed || c.read_blocked || c.closing) return true;
   // Whatever arrived while the handler ran raised no new edge for us: read now.
-  (void)read_and_process(l, c, false);
+  return read_and_process(l, c, false);
 }
 
 }  // namespace
 
 void on_resume(loop& l, connection& c) {
-  resume_connection(l, c);
-  // A new connection whose first handler blocked was never registered (on_accepted()).
-  (void)register_connection(l, c);
+  // A new connection whose first handler blocked was never registered (on_accepted()). If
+  // a handler blocked again, the resume task it posted registers it in turn.
+  if (resume_connection(l, c)) (void)register_connection(l, c);
 }
 
 void close_connection(loop& l, connection& c) {
@@ -879,14 +877,19 @@ std::int64_t next_deadline(const loop& l) {
 void begin_loop_drain(loop& l) {
   if (l.draining) return;
   l.draining = true;
+  {
+    std::lock_guard lock(l.srv->drain_mu);
+    l.drain_gen = l.srv->drain_gen;
+  }
   l.now_ms = coarse_now_ms();
 
-  // Step 1: stop accepting. Never shutdown() the listener: the new process shares it.
-  if (l.listener) {
+  // Step 1: stop accepting. Never shutdown() the listener: the new process shares it. Our
+  // copy stays open (closed with the server) for a rollback to accept on again.
+  if (l.listener && l.accepting) {
     ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, l.listener.get(), nullptr);
-    l.listener.reset();
   }
   l.accepting = false;
+  l.accept_paused_until = 0;
   // Step 2: idle connections close once they stayed idle through drain_grace (from now);
   // busy ones end with their next response (Connection: close, set in dispatch).
   timer_list& idle = list_of(l, timer_kind::idle);

@@ -809,11 +809,11 @@ bool h2_read(loop& l, connection& c) {
   return true;
 }
 
-void h2_resume(loop& l, connection& c) {
+bool h2_resume(loop& l, connection& c) {
   c.busy = false;
-  if (!h2_on_io(l, c)) return;
-  if (c.stage == connection::phase::closed || c.busy) return;
-  (void)h2_read(l, c);  // what arrived while the handler ran raised no edge for us
+  if (!h2_on_io(l, c)) return false;
+  if (c.stage == connection::phase::closed || c.busy) return true;
+  return h2_read(l, c);  // what arrived while the handler ran raised no edge for us
 }
 
 void h2_begin_drain(loop& l, connection& c) {

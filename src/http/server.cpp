@@ -36,6 +36,9 @@ struct server::impl final : core::drainable {
   void stop();
   void begin_drain(std::function<void()> done) override;
   void hammer() noexcept override;
+  bool can_resume() const noexcept override { return true; }
+  void resume() override;
+  void release_listeners() noexcept override;
   ~impl();
 };
 
@@ -264,6 +267,11 @@ void accept_batch(loop& l) {
     int fd = ::accept4(l.listener.get(), reinterpret_cast<sockaddr*>(&ss), &len,
                        SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
+      if (l.accept_pauses) {
+        l.srv->log("accept: fds available again after " + std::to_string(l.accept_pauses) +
+                   " pause(s) of 100 ms");
+        l.accept_pauses = 0;
+      }
       if (!on_accepted(l, fd, ss, len)) return;  // a handler blocked: the loop moved on
       continue;
     }
@@ -272,7 +280,11 @@ void accept_batch(loop& l) {
     if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
       // Out of fds: stop accepting for a moment instead of spinning on a readable listener.
       // The queue keeps the connections; we take them once fds are free again.
-      l.srv->log(std::string("accept: ") + std::strerror(errno) + "; pausing accepts for 100 ms");
+      // Logged once per episode: a server out of fds for a minute writes two lines, not 600.
+      if (l.accept_pauses++ == 0) {
+        l.srv->log(std::string("accept: ") + std::strerror(errno) +
+                   "; pausing accepts for 100 ms at a time until fds are free");
+      }
       ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, l.listener.get(), nullptr);
       l.accepting = false;
       l.accept_paused_until = l.now_ms + 100;
@@ -451,6 +463,7 @@ void server::impl::start(core::unique_fd listener) {
     set(timer_kind::body, st.opts.read_timeout);
     set(timer_kind::write, st.opts.write_timeout);
     l->timers[static_cast<int>(timer_kind::idle)].duration_ms = idle;
+    l->idle_ms = idle;
     l->timers[static_cast<int>(timer_kind::linger)].duration_ms = 2000;
     l->now_ms = coarse_now_ms();
     st.loops.push_back(std::move(l));
@@ -488,10 +501,46 @@ void server::impl::begin_drain(std::function<void()> done) {
     std::lock_guard lock(st.drain_mu);
     st.drain_done = std::move(done);
     st.loops_drained = 0;
+    ++st.drain_gen;
   }
   for (auto& l : st.loops) {
     loop* lp = l.get();
     lp->post([lp] { begin_loop_drain(*lp); });
+  }
+}
+
+void end_loop_drain(loop& l) {
+  if (!l.draining) return;
+  l.draining = false;
+  l.reported_drained = false;
+  l.now_ms = coarse_now_ms();
+  l.timers[static_cast<int>(timer_kind::idle)].duration_ms = l.idle_ms;
+  if (l.listener && !l.accepting) register_listener(l);
+}
+
+// A rollback (core probation): accept again. Connections already told to close (or sent a
+// GOAWAY) still end; the rest carry on as if no drain had begun.
+void server::impl::resume() {
+  {
+    std::lock_guard lock(st.drain_mu);
+    st.drain_done = nullptr;  // that drain is over: its `done` must never run
+    st.loops_drained = 0;
+    ++st.drain_gen;
+  }
+  st.draining.store(false);
+  for (auto& l : st.loops) {
+    loop* lp = l.get();
+    lp->post([lp] { end_loop_drain(*lp); });
+  }
+}
+
+void server::impl::release_listeners() noexcept {
+  for (auto& l : st.loops) {
+    loop* lp = l.get();
+    lp->post([lp] {
+      if (!lp->draining) return;  // rolled back meanwhile: still needed
+      lp->listener.reset();
+    });
   }
 }
 
@@ -502,6 +551,9 @@ void check_drained(loop& l) {
   std::function<void()> done;
   {
     std::lock_guard lock(st.drain_mu);
+    // A loop still in a drain that a rollback ended (its end_loop_drain() not run yet)
+    // counts for no later drain.
+    if (l.drain_gen != st.drain_gen) return;
     if (++st.loops_drained == static_cast<int>(st.loops.size())) done = std::move(st.drain_done);
   }
   if (done) done();
@@ -623,6 +675,7 @@ int serve(std::initializer_list<server*> servers) {
   core::options o;
   o.hammer_time = first.hammer_time;
   o.upgrade_timeout = first.upgrade_timeout;
+  o.probation = first.probation;
   o.pid_file = first.pid_file;
   o.log = first.log;
   std::vector<server::impl*> started;

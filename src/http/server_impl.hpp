@@ -127,6 +127,7 @@ struct loop {
   core::unique_fd listener;  // this loop's copy; registered with EPOLLEXCLUSIVE
   bool accepting = false;
   std::int64_t accept_paused_until = 0;  // EMFILE back-off
+  int accept_pauses = 0;                 // in the current episode of EMFILE (0: none)
 
   // (owner) timers and counts
   timer_list timers[static_cast<int>(timer_kind::count)];
@@ -135,6 +136,8 @@ struct loop {
   bool draining = false;
 
   bool reported_drained = false;
+  std::int64_t idle_ms = 0;     // the idle timer's duration when not draining
+  std::uint64_t drain_gen = 0;  // which drain of the server this loop is in (drain_mu)
 
   // The batch of events taken from epoll. Threads claim them one by one (next_event), so
   // when the owner blocks in a handler the new owner carries on with the rest of the batch.
@@ -193,6 +196,7 @@ struct server_state {
   std::mutex drain_mu;
   std::function<void()> drain_done;
   int loops_drained = 0;
+  std::uint64_t drain_gen = 0;  // one per begin_drain() and per resume()
 
   void log(std::string_view line) const;
   void state_changed(connection& c, conn_state s) {
@@ -222,6 +226,7 @@ bool on_io(loop& l, connection& c, std::uint32_t events);
 void on_resume(loop& l, connection& c);
 void expire_timers(loop& l);
 void begin_loop_drain(loop& l);
+void end_loop_drain(loop& l);               // a rollback: accept again
 std::int64_t next_deadline(const loop& l);  // -1: none
 void close_connection(loop& l, connection& c);
 std::int64_t coarse_now_ms();
@@ -237,7 +242,7 @@ bool h2_on_io(loop& l, connection& c);
 bool h2_read(loop& l, connection& c);
 void h2_goaway_due(loop& l, connection& c);
 void h2_close_idle(loop& l, connection& c);
-void h2_resume(loop& l, connection& c);
+bool h2_resume(loop& l, connection& c);  // false: this thread lost the loop
 void h2_begin_drain(loop& l, connection& c);
 void h2_free(h2_session* s);
 

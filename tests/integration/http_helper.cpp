@@ -2,7 +2,9 @@
 //   --addr A (repeatable: several servers from one binary)  --pidfile F  --threads N
 //   --read-header-timeout-ms N  --idle-timeout-ms N  --write-timeout-ms N
 //   --max-body N  --hammer-time S  --drain-grace-ms N  --read-timeout-ms N  --log-states 1
-//   --defer-accept 0|1
+//   --defer-accept 0|1  --probation-ms N
+//   --fault-file F: read at start; "crash-after-ready" makes this process crash (SIGSEGV)
+//   1 s after it is ready, i.e. after the pid file names it (needs --pidfile).
 //   --tls-cert F --tls-key F  --sni-cert F --sni-key F (repeatable)  --client-ca F
 //   --verify-client none|optional|required  --handshake-timeout-ms N  --tls13-only 1
 //   --h2c 1  --h2 0  --max-streams N  --goaway-wait-ms N  --watch 0  --max-header N
@@ -34,6 +36,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> addrs;
   bool log_states = false;
   std::string sni_cert;
+  std::string fault_file;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string f = argv[i], v = argv[i + 1];
     if (f == "--addr") {
@@ -86,6 +89,10 @@ int main(int argc, char** argv) {
       o.http2.goaway_wait = milliseconds(std::stoll(v));
     } else if (f == "--max-header") {
       o.max_header_bytes = std::stoull(v);
+    } else if (f == "--probation-ms") {
+      o.probation = milliseconds(std::stoll(v));
+    } else if (f == "--fault-file") {
+      fault_file = v;
     } else if (f == "--defer-accept") {
       o.defer_accept = v == "1";
     } else if (f == "--log-states") {
@@ -96,6 +103,31 @@ int main(int argc, char** argv) {
     }
   }
   const std::string pid = std::to_string(::getpid());
+  if (!fault_file.empty() && !o.pid_file.empty()) {
+    std::string fault;
+    if (FILE* f = std::fopen(fault_file.c_str(), "r")) {
+      char buf[64] = {};
+      fault.assign(buf, std::fread(buf, 1, sizeof buf - 1, f));
+      std::fclose(f);
+    }
+    if (fault.rfind("crash-after-ready", 0) == 0) {
+      std::thread([pidfile = o.pid_file, self = ::getpid()] {
+        for (int i = 0; i < 3000; ++i) {  // up to 30 s
+          char buf[32] = {};
+          if (FILE* f = std::fopen(pidfile.c_str(), "r")) {
+            (void)!std::fread(buf, 1, sizeof buf - 1, f);
+            std::fclose(f);
+          }
+          if (std::atoi(buf) == self) break;
+          std::this_thread::sleep_for(milliseconds(10));
+        }
+        std::this_thread::sleep_for(milliseconds(1000));
+        std::fprintf(stderr, "%d crashing on purpose (fault file)\n", static_cast<int>(self));
+        ::signal(SIGSEGV, SIG_DFL);  // die by the signal even under a sanitizer's handler
+        ::raise(SIGSEGV);
+      }).detach();
+    }
+  }
   http::router r;
   r.get("/", [](const http::request&, http::response& res) { res.text("Hello Zero-Downtime!\n"); });
   r.get("/pid", [&](const http::request&, http::response& res) { res.text(pid); });

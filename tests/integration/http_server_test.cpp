@@ -8,7 +8,9 @@
 
 #include <sys/wait.h>
 
+#include <atomic>
 #include <filesystem>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -447,6 +449,97 @@ TEST_F(http_server_test, several_servers_from_one_binary_upgrade_together) {
   for (int p : ports)
     EXPECT_EQ(http_get(p, "/pid").x_pid, next) << "port " << p;
   EXPECT_EQ(logged_ports(log, next), ports);
+}
+
+// Probation rollback: a new process that crashes 1 s after it took over. The old process,
+// standing by with its copies of the listeners, accepts again at once, rewrites the pid
+// file, and a client polling all along sees at most the requests the crashing process held
+// fail. A later upgrade (fixed binary) goes through as usual.
+TEST_F(http_server_test, new_process_crashing_after_ready_is_rolled_back) {
+  const std::string fault = dir / "fault";
+  pid_t old = start_http({"--fault-file", fault, "--probation-ms", "5000"});
+  write_file(fault, "crash-after-ready");
+  std::atomic<bool> stop{false};
+  std::atomic<int> failed{0}, total{0};
+  std::mutex mu;
+  std::vector<std::pair<std::chrono::steady_clock::time_point, pid_t>> seen;
+  std::thread client([&] {
+    auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (!stop && std::chrono::steady_clock::now() < deadline) {
+      auto r = http_get(port, "/pid", 2000);
+      ++total;
+      std::lock_guard lock(mu);
+      if (!r.ok) {
+        ++failed;
+      } else {
+        seen.emplace_back(std::chrono::steady_clock::now(), r.x_pid);
+      }
+    }
+  });
+  ::kill(old, SIGHUP);
+  pid_t next = -1;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        next = read_pid(pidfile);
+        return next > 0 && next != old;
+      },
+      10s))
+      << read_file(log);
+  procs.track(next);
+  std::filesystem::remove(fault);  // what the next upgrade runs is fixed
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "rolling back: serving again") == 1; }, 5s))
+      << read_file(log);
+  EXPECT_TRUE(procs.wait_gone(next, 5s));
+  EXPECT_EQ(read_pid(pidfile), old) << "the pid file does not name the old process again";
+  std::this_thread::sleep_for(500ms);
+  stop = true;
+  client.join();
+  // The gap: the last answer from the crashing process to the first from the old one after.
+  std::chrono::steady_clock::time_point last_new{}, back{};
+  int by_new = 0;
+  {
+    std::lock_guard lock(mu);
+    for (auto& [t, p] : seen) {
+      if (p == next) {
+        last_new = t;
+        ++by_new;
+      } else if (p == old && by_new > 0 && t > last_new && back == decltype(back){}) {
+        back = t;
+      }
+    }
+  }
+  ASSERT_GT(by_new, 0) << "the new process never answered";
+  ASSERT_NE(back, decltype(back){}) << "the old process never answered after the crash";
+  auto gap = std::chrono::duration_cast<std::chrono::milliseconds>(back - last_new).count();
+  EXPECT_LE(failed.load(), 2) << "more failed than the crashing process can have held";
+  EXPECT_LT(gap, 1000) << "the old process took " << gap << " ms to serve again";
+  std::printf(
+      "[ figures  ] rollback: %d requests, %d failed, %d answered by the crashing "
+      "process; the old one answered again %lld ms after its last answer\n",
+      total.load(), failed.load(), by_new, static_cast<long long>(gap));
+  for (int i = 0; i < 20; ++i)
+    ASSERT_EQ(http_get(port, "/pid").x_pid, old);
+  pid_t third = upgrade(old);
+  ASSERT_GT(third, 0);
+  EXPECT_TRUE(wait_until([&] { return count_lines(log, "probation over") >= 1; }, 10s))
+      << read_file(log);
+  EXPECT_TRUE(procs.wait_gone(old, 10s));
+  EXPECT_EQ(http_get(port, "/pid").x_pid, third);
+}
+
+// A new process that is stopped on purpose during the old one's probation (SIGTERM: it
+// drains and exits 0) is not a crash: it says 'D' when it begins to drain, the old process
+// ends its probation and exits, and nothing is rolled back.
+TEST_F(http_server_test, new_process_stopped_on_purpose_during_probation_is_not_rolled_back) {
+  pid_t old = start_http({"--probation-ms", "20000"});
+  pid_t next = upgrade(old);
+  ASSERT_GT(next, 0);
+  ASSERT_FALSE(procs.gone(old)) << "the old process did not stay for its probation";
+  ::kill(next, SIGTERM);
+  EXPECT_TRUE(procs.wait_gone(next, 10s));
+  EXPECT_TRUE(procs.wait_gone(old, 10s)) << "the old process waited out all of its probation";
+  EXPECT_EQ(count_lines(log, "is draining itself"), 1) << read_file(log);
+  EXPECT_EQ(count_lines(log, "rolling back"), 0) << read_file(log);
 }
 
 // Every example starts, answers, and restarts with zero downtime.

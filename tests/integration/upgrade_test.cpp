@@ -128,6 +128,148 @@ TEST_F(upgrade_test, missing_binary_is_reported_and_old_keeps_serving) {
   EXPECT_EQ(http_get(port, "/pid").x_pid, pid);
 }
 
+TEST_F(upgrade_test, binary_that_is_not_executable_is_reported_and_old_keeps_serving) {
+  const std::string exe = dir / "app";
+  std::filesystem::copy_file(HELPER_PATH, exe);
+  pid_t pid = start({"--addr", "127.0.0.1:0"}, {}, exe);
+  std::filesystem::permissions(exe, std::filesystem::perms::owner_read |
+                                        std::filesystem::perms::owner_write);  // a broken deploy
+  // (Even root needs an x bit on a regular file to exec it: none is left.)
+  ::kill(pid, SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 10s));
+  EXPECT_EQ(count_lines(log, "exec " + exe + ": Permission denied"), 1) << read_file(log);
+  EXPECT_EQ(read_pid(pidfile), pid);
+  EXPECT_EQ(http_get(port, "/pid").x_pid, pid);
+  std::filesystem::permissions(exe, std::filesystem::perms::owner_all);
+  pid_t next = upgrade(pid);
+  EXPECT_GT(next, 0);
+}
+
+// The old process killed (-9) while it drains: the new one, already serving, goes on alone;
+// only the old process's own in-flight request is lost. The pid file keeps naming the new
+// process, and it can be upgraded again.
+TEST_F(upgrade_test, sigkill_of_the_old_process_mid_drain_leaves_the_new_one_serving) {
+  pid_t old = start({"--addr", "127.0.0.1:0", "--hammer-time", "30"});
+  in_flight slow(port, "/sleep?ms=5000");  // keeps the old process draining
+  pid_t next = upgrade(old);
+  ASSERT_GT(next, 0);
+  ASSERT_FALSE(procs.gone(old)) << "the old process did not wait for its request";
+  ::kill(old, SIGKILL);
+  ASSERT_TRUE(procs.wait_gone(old, 5s));
+  for (int i = 0; i < 50; ++i) {
+    auto r = http_get(port, "/pid");
+    ASSERT_TRUE(r.ok) << "request " << i << ": " << r.error;
+    EXPECT_EQ(r.x_pid, next);
+  }
+  EXPECT_EQ(read_pid(pidfile), next);
+  pid_t third = upgrade(next);
+  ASSERT_GT(third, 0) << read_file(log);
+  EXPECT_TRUE(procs.wait_gone(next, 10s));
+  EXPECT_EQ(http_get(port, "/pid").x_pid, third);
+  EXPECT_EQ(read_pid(pidfile), third);
+}
+
+// The new process killed (-9) while it starts up, before it is ready: a rollback like a
+// crash, reported with the signal; the old process never stopped accepting.
+TEST_F(upgrade_test, sigkill_of_the_new_process_mid_hand_over_rolls_back) {
+  const std::string fault_file = dir / "fault";
+  pid_t pid =
+      start({"--addr", "127.0.0.1:0", "--upgrade-timeout", "30000", "--fault-file", fault_file});
+  write_file(fault_file, "noready");
+  ::kill(pid, SIGHUP);
+  pid_t child = -1;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto started = lines_with(log, "started new process ");
+        if (started.empty()) return false;
+        child = std::atoi(started[0].c_str() + started[0].find("process ") + 8);
+        return true;
+      },
+      5s));
+  procs.track(child);
+  // Requests during the hand-over go to the old process, which keeps accepting.
+  for (int i = 0; i < 20; ++i)
+    ASSERT_EQ(http_get(port, "/pid").x_pid, pid) << "request " << i;
+  ::kill(child, SIGKILL);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 5s))
+      << read_file(log);
+  EXPECT_EQ(count_lines(log, "was killed by signal 9"), 1) << read_file(log);
+  EXPECT_EQ(read_pid(pidfile), pid);
+  for (int i = 0; i < 20; ++i)
+    ASSERT_EQ(http_get(port, "/pid").x_pid, pid) << "request " << i;
+  std::filesystem::remove(fault_file);
+  EXPECT_GT(upgrade(pid), 0);
+}
+
+// The disk holding the pid file is full when the new process starts: it writes the pid to
+// a temporary file before it says it is ready, sees ENOSPC, and does not take over. The old
+// process keeps serving and the pid file keeps naming it. The full disk is a 64 KiB tmpfs
+// in a mount namespace of the helper's own (unshare -m), filled up by the test through
+// /proc/<pid>/root.
+TEST_F(upgrade_test, full_disk_for_the_pid_file_rolls_back) {
+  const std::string unshare = run_command("command -v unshare | tr -d '\\n'");
+  if (unshare.empty()) GTEST_SKIP() << "no unshare";
+  const std::string mnt = dir / "run";
+  std::filesystem::create_directory(mnt);
+  const std::string probe = run_command(unshare + " -m --propagation private sh -c 'mount -t " +
+                                        "tmpfs -o size=64k tmpfs " + mnt + " && echo mounted'");
+  if (probe.find("mounted") == std::string::npos) GTEST_SKIP() << "can't mount: " << probe;
+  processes::spec s;
+  s.argv = {unshare,
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs " + mnt + " && exec " + HELPER_PATH + " --pidfile " +
+                mnt + "/pid --addr 127.0.0.1:0"};
+  s.log = log;
+  pid_t pid = procs.start(s);
+  auto in_ns = [&](pid_t p, const std::string& path) {
+    return "/proc/" + std::to_string(p) + "/root" + path;
+  };
+  ASSERT_TRUE(wait_until([&] { return read_pid(in_ns(pid, mnt + "/pid")) == pid; }, 10s))
+      << read_file(log);
+  EXPECT_FALSE(std::filesystem::exists(mnt + "/pid")) << "not in a mount namespace of its own";
+  port = logged_port(log, pid);
+  ASSERT_GT(port, 0);
+  {
+    // Fill the tmpfs.
+    FILE* f = std::fopen(in_ns(pid, mnt + "/fill").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::string block(4096, 'x');
+    for (int i = 0; i < 64; ++i) {
+      if (std::fwrite(block.data(), 1, block.size(), f) != block.size() || std::fflush(f) != 0)
+        break;
+    }
+    std::fclose(f);
+  }
+  ::kill(pid, SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 10s))
+      << read_file(log);
+  EXPECT_EQ(count_lines(log, "No space left on device; not taking over"), 1) << read_file(log);
+  EXPECT_EQ(read_pid(in_ns(pid, mnt + "/pid")), pid);
+  for (int i = 0; i < 20; ++i)
+    ASSERT_EQ(http_get(port, "/pid").x_pid, pid) << "request " << i;
+  // Space again: the next upgrade goes through and the pid file follows.
+  std::filesystem::remove(in_ns(pid, mnt + "/fill"));
+  ::kill(pid, SIGHUP);
+  pid_t next = -1;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto lines = lines_with(log, "is ready; handing over");
+        if (lines.empty()) return false;
+        next = std::atoi(lines[0].c_str() + lines[0].find("process ") + 8);
+        return true;
+      },
+      10s))
+      << read_file(log);
+  procs.track(next);
+  EXPECT_TRUE(wait_until([&] { return read_pid(in_ns(next, mnt + "/pid")) == next; }, 5s));
+  EXPECT_TRUE(procs.wait_gone(pid, 10s));
+  EXPECT_TRUE(wait_until([&] { return http_get(port, "/pid").x_pid == next; }, 5s));
+}
+
 TEST_F(upgrade_test, sighup_twice_in_a_row_starts_one_upgrade) {
   pid_t pid = start({"--addr", "127.0.0.1:0"});
   // A slow request keeps the old process alive (upgrading, then draining) for the second

@@ -17,6 +17,7 @@ using log_sink = std::function<void(std::string_view line)>;
 
 inline constexpr std::chrono::milliseconds kDefaultUpgradeTimeout = 60s;
 inline constexpr std::chrono::milliseconds kDefaultHammerTime = 60s;
+inline constexpr std::chrono::milliseconds kDefaultProbation = 5s;
 
 struct options {
   // How long a new process may take to call ready() before it is killed and the upgrade
@@ -25,6 +26,11 @@ struct options {
   // How long a draining process waits for its connections before force-closing them.
   // Negative: never.
   std::chrono::milliseconds hammer_time = kDefaultHammerTime;
+  // After handing over, the old process keeps its copies of the listeners (not accepting)
+  // this long: if the new process crashes meanwhile (killed by a signal, or exits non-zero)
+  // the old one accepts again at once, rewrites the pid file and tells systemd. The old
+  // process exits at the end of its drain or of the probation, whichever is later. 0: off.
+  std::chrono::milliseconds probation = kDefaultProbation;
   // Written (atomically) by whichever process is serving; empty for none.
   std::string pid_file;
   // Empty: stderr, prefixed with the date and time like Go's log package.

@@ -44,6 +44,15 @@ class drainable {
   virtual void begin_drain(std::function<void()> done) = 0;
   // Hammer time: close every remaining connection now. When it returns they are closed.
   virtual void hammer() noexcept = 0;
+  // Probation rollback (options::probation): undo begin_drain(), accepting again on the
+  // same listeners; `done` of that drain must never be called after this returns. Servers
+  // that can't return false from can_resume(), and then no process of theirs is ever
+  // taken back.
+  virtual bool can_resume() const noexcept { return false; }
+  virtual void resume() {}
+  // Servers that can resume keep their listener copies open through a drain; this closes
+  // them once no rollback can come (a final drain, probation off or over).
+  virtual void release_listeners() noexcept {}
 
  protected:
   ~drainable() = default;

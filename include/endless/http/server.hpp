@@ -97,6 +97,9 @@ struct server_options {
   // Process-wide, taken from the first server given to serve():
   std::chrono::milliseconds hammer_time = core::kDefaultHammerTime;
   std::chrono::milliseconds upgrade_timeout = core::kDefaultUpgradeTimeout;
+  // After a hand-over, how long the old process stands by to take the service back if the
+  // new one crashes (core::options::probation); 0: off.
+  std::chrono::milliseconds probation = core::kDefaultProbation;
   std::string pid_file;
   core::log_sink log;  // empty: stderr
   tls_options tls;
