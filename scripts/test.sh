@@ -15,6 +15,8 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENDLESS_WERROR=ON \
   -DENDLESS_SANITIZE="$sanitize"
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j 2 --timeout 300
+# Every example under valgrind's memcheck (plain build only: not beside a sanitizer).
+if [ -z "$sanitize" ]; then scripts/valgrind.sh "$build"; fi
 # The fuzz targets, 20 s each (five: about two minutes with the build; scripts/fuzz.sh N
 # runs each for N seconds).
 if [ -z "$sanitize" ]; then scripts/fuzz.sh "${FUZZ_SECONDS:-20}"; fi
