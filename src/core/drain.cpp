@@ -10,6 +10,8 @@
 
 #include <sys/socket.h>
 
+#include <cstring>
+
 #include "pid_file.hpp"
 #include "protocol.hpp"
 #include "upgrader_impl.hpp"
@@ -37,10 +39,14 @@ void upgrader::impl::begin_drain(bool final) {
   final_shutdown = final;
   current.store(state::draining);
   if (parent_channel) {
-    // The old process, if still on probation, must not take our exit for a crash.
+    // 'D': the old process, if still on probation, must not take our exit for a crash, and
+    // sends no more connections. It closes its end on reading it; we keep reading until
+    // then, so that a connection it sent meanwhile is not dropped with the channel (our
+    // draining servers take it and pass it on or close it when idle).
     char d = protocol::kDraining;
-    (void)!::send(parent_channel.get(), &d, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    parent_channel.reset();
+    if (::send(parent_channel.get(), &d, 1, MSG_NOSIGNAL | MSG_DONTWAIT) != 1) {
+      parent_channel.reset();
+    }
   }
   if (final) notify("STOPPING=1");
 
@@ -116,6 +122,9 @@ void upgrader::impl::finish() {
     return;
   }
   if (final_shutdown && !opts.pid_file.empty()) remove_pid_file(opts.pid_file, pid);
+  if (auto n = handed.load()) {
+    log_pid("passed " + std::to_string(n) + " idle connection(s) to the new process");
+  }
   log_pid(final_shutdown ? "Shut down." : "Handed over; exiting.");
   // wait() returns at the end of this loop round, after the post-signal hooks of the
   // signal being handled (if any) have run.
@@ -127,7 +136,6 @@ void upgrader::impl::end_probation(const std::string& why) {
   log_pid("probation over (" + why + "); new process " + std::to_string(probation->child.pid) +
           " keeps the service");
   probation.reset();  // our child still: reaped by whoever inherits it when we exit
-  probation_channel.reset();
   std::vector<drainable*> targets;
   {
     std::lock_guard lock(mu);
@@ -166,7 +174,7 @@ void upgrader::impl::on_probation_child_exited() {
     return;
   }
   probation.reset();
-  probation_channel.reset();
+  close_child_channel();
   rollbacks++;
   log_pid("new process " + std::to_string(child) + " " + how + " " + std::to_string(lived.count()) +
           " ms after it took over; rolling back: serving again.");
@@ -187,18 +195,79 @@ void upgrader::impl::on_probation_child_exited() {
   if (watchdog_usec) next_watchdog = clock::now();
 }
 
-void upgrader::impl::on_probation_channel_readable() {
+void upgrader::impl::close_child_channel() {
+  child_takes.store(false);
+  std::lock_guard lock(handover_mu);
+  child_channel.reset();
+}
+
+void upgrader::impl::on_child_channel_readable() {
   char byte = 0;
   ssize_t n;
   do {
-    n = ::recv(probation_channel.get(), &byte, 1, MSG_DONTWAIT);
+    n = ::recv(child_channel.get(), &byte, 1, MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   if (n < 0 && errno == EAGAIN) return;
-  probation_channel.reset();
-  if (n == 1 && byte == protocol::kDraining) {
-    end_probation("new process " + std::to_string(probation->child.pid) + " is draining itself");
+  const pid_t child = probation ? probation->child.pid : -1;
+  close_child_channel();  // 'D' or EOF: it takes no more connections
+  if (n == 1 && byte == protocol::kDraining && probation) {
+    end_probation("new process " + std::to_string(child) + " is draining itself");
   }
   // EOF without 'D': a crash closes it too; the pidfd tells.
+}
+
+bool upgrader::impl::on_parent_channel_readable() {
+  char buf[2 + 255];
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  iovec iov{buf, sizeof buf};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  do {
+    n = ::recvmsg(parent_channel.get(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+  std::vector<unique_fd> fds;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      fds.emplace_back(fd);
+    }
+  }
+  if (n <= 0) {
+    parent_channel.reset();  // the old process is gone
+    return false;
+  }
+  if (msg.msg_flags & MSG_CTRUNC)
+    log_pid("connection hand-over: out of fds, a connection was lost");
+  // One message per read: the kernel does not merge a message carrying fds with the next.
+  std::string_view data(buf, static_cast<std::size_t>(n));
+  if (data.size() < 2 || data[0] != protocol::kConnection ||
+      data.size() != 2u + static_cast<unsigned char>(data[1]) || fds.size() != 1) {
+    log_pid("connection hand-over: malformed message from the old process; ignoring it");
+    return true;
+  }
+  std::string_view listener = data.substr(2);
+  std::vector<drainable*> targets;
+  {
+    std::lock_guard lock(mu);
+    targets = services;
+  }
+  for (drainable* d : targets) {
+    if (d->adopt(fds[0], listener)) {
+      adopted_count++;
+      return true;
+    }
+  }
+  log_pid("connection hand-over: no server here listens on " + std::string(listener) +
+          "; closing a connection");
+  return true;
 }
 
 }  // namespace endless::core

@@ -108,8 +108,19 @@ void upgrader::impl::on_channel_readable() {
     // Watched for the probation: if it crashes meanwhile, we take the service back.
     auto now = clock::now();
     probation = probation_watch{std::move(upgrade->child), now, now + opts.probation};
-    probation_channel = std::move(upgrade->channel);
   }
+  {
+    // Kept for the connection hand-over and the new process's 'D' (protocol.hpp). Each
+    // message with an fd costs about a kilobyte of send buffer: room for thousands at once
+    // (SO_SNDBUFFORCE needs CAP_NET_ADMIN; otherwise up to net.core.wmem_max).
+    int size = 8 << 20;
+    if (::setsockopt(upgrade->channel.get(), SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size) != 0) {
+      ::setsockopt(upgrade->channel.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    }
+    std::lock_guard lock(handover_mu);
+    child_channel = std::move(upgrade->channel);
+  }
+  child_takes.store(true);
   auto waiting = end_upgrade();  // the child is on its own now (but for the probation)
   // Drain first: whoever waits on upgrade() sees this process already draining.
   begin_drain(false);

@@ -27,6 +27,14 @@
 // (options::probation), then knows that the new one's exit will not be a crash to roll back
 // from. A peer that never sends 'D' (closes at once) only loses that refinement.
 //
+// Connection hand-over, old -> new, after 'A' and until the new process sends 'D': messages
+// of 'C', one length byte N (1..255), N bytes of the listener's local address, with exactly
+// one fd in SCM_RIGHTS (an idle HTTP/1.1 keep-alive connection, nothing of its next request
+// read yet). The new process reads them only after its ready(). After its 'D' it reads on
+// until the old process, which closes its end on reading 'D', is gone from the channel: no
+// connection in flight is dropped. A send that fails (EAGAIN, EPIPE) leaves the connection
+// with the old process.
+//
 // Every variable is removed from this process's environment at load time, so nothing the
 // application starts later inherits it.
 #pragma once
@@ -37,6 +45,7 @@ inline constexpr int kVersion = 1;
 inline constexpr char kReady = 'R';
 inline constexpr char kAck = 'A';
 inline constexpr char kDraining = 'D';
+inline constexpr char kConnection = 'C';
 inline constexpr int kFirstFd = 3;  // SD_LISTEN_FDS_START
 
 inline constexpr const char* kListenFds = "LISTEN_FDS";

@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <ctime>
 
 #include "endless/core/error.hpp"
+#include "protocol.hpp"
 #include "startup.hpp"
 #include "upgrader_impl.hpp"
 
@@ -189,7 +191,7 @@ void upgrader::impl::on_timers() {
 
 void upgrader::impl::loop() {
   for (;;) {
-    pollfd fds[6];
+    pollfd fds[7];
     int n = 0;
     fds[n++] = {box->wake.get(), POLLIN, 0};
     int sig_at = -1, channel_at = -1, child_at = -1;
@@ -203,14 +205,19 @@ void upgrader::impl::loop() {
       child_at = n;
       fds[n++] = {upgrade->child.pidfd.get(), POLLIN, 0};
     }
-    int probation_at = -1, probation_channel_at = -1;
+    int probation_at = -1, child_channel_at = -1;
     if (probation && probation->child.pidfd) {
       probation_at = n;
       fds[n++] = {probation->child.pidfd.get(), POLLIN, 0};
     }
-    if (probation && probation_channel) {
-      probation_channel_at = n;
-      fds[n++] = {probation_channel.get(), POLLIN, 0};
+    if (child_channel) {
+      child_channel_at = n;
+      fds[n++] = {child_channel.get(), POLLIN, 0};
+    }
+    int parent_channel_at = -1;
+    if (parent_channel) {
+      parent_channel_at = n;
+      fds[n++] = {parent_channel.get(), POLLIN, 0};
     }
     auto timeout = poll_timeout_ms();
     int rc = ::poll(fds, static_cast<nfds_t>(n), timeout ? *timeout : -1);
@@ -247,9 +254,13 @@ void upgrader::impl::loop() {
     if (rc > 0 && probation && probation_at >= 0 && fds[probation_at].revents) {
       on_probation_child_exited();
     }
-    if (rc > 0 && probation && probation_channel && probation_channel_at >= 0 &&
-        fds[probation_channel_at].revents) {
-      on_probation_channel_readable();
+    if (rc > 0 && child_channel && child_channel_at >= 0 && fds[child_channel_at].revents) {
+      on_child_channel_readable();
+    }
+    if (rc > 0 && parent_channel && parent_channel_at >= 0 && fds[parent_channel_at].revents) {
+      // A batch at a time, so that signals and commands are not held up by a long queue.
+      for (int i = 0; i < 256 && parent_channel && on_parent_channel_readable(); ++i) {
+      }
     }
     on_timers();
     if (drained && current.load() != state::stopped) {
@@ -299,6 +310,49 @@ void upgrader::impl::do_detach(const drainable* d) {
 }
 
 // ---------------------------------------------------------------- public API
+
+bool upgrader::hand_over(int conn, std::string_view listener) noexcept {
+  if (!impl_->child_takes.load(std::memory_order_acquire)) return false;
+  if (listener.empty() || listener.size() > 255 || conn < 0) return false;
+  char buf[2 + 255];
+  buf[0] = protocol::kConnection;
+  buf[1] = static_cast<char>(listener.size());
+  std::memcpy(buf + 2, listener.data(), listener.size());
+  iovec iov{buf, 2 + listener.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &conn, sizeof conn);
+  std::lock_guard lock(impl_->handover_mu);
+  if (!impl_->child_channel) return false;
+  ssize_t n;
+  do {
+    n = ::sendmsg(impl_->child_channel.get(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  // A stream socket takes a small message whole or not at all (it fits the buffer or EAGAIN).
+  if (n != static_cast<ssize_t>(iov.iov_len)) return false;
+  impl_->handed++;
+  return true;
+}
+
+bool upgrader::can_hand_over() const noexcept {
+  return impl_->child_takes.load(std::memory_order_acquire);
+}
+
+std::uint64_t upgrader::handed_over() const noexcept {
+  return impl_->handed.load();
+}
+
+std::uint64_t upgrader::adopted() const noexcept {
+  return impl_->adopted_count.load();
+}
 
 upgrader::upgrader(options opts) {
   bool expected = false;

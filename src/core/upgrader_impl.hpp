@@ -82,7 +82,13 @@ struct upgrader::impl {
     clock::time_point since, until;
   };
   std::optional<probation_watch> probation;
-  unique_fd probation_channel;  // the new process's 'D' comes here (protocol.hpp)
+  // To the new process after a hand-over: its 'D' comes here, connections go there
+  // (protocol.hpp). Reset only by the upgrader's thread, under handover_mu; used by any
+  // thread in hand_over().
+  unique_fd child_channel;
+  mutable std::mutex handover_mu;
+  std::atomic<bool> child_takes{false};
+  std::atomic<std::uint64_t> handed{0}, adopted_count{0};
   unique_fd parent_channel;     // (new process) to the old one: 'D' when we begin to drain
   bool finish_pending = false;  // the drain ended during the probation: finish at its end
   std::uint64_t drain_epoch = 0;
@@ -133,7 +139,11 @@ struct upgrader::impl {
   // The new process exited during the probation: roll back, unless it was a clean exit.
   void on_probation_child_exited();
   bool can_roll_back();  // every attached server can resume()
-  void on_probation_channel_readable();
+  void on_child_channel_readable();
+  void close_child_channel();
+  // (new process) Takes the connections queued on the channel from the old process; false
+  // once it is closed.
+  bool on_parent_channel_readable();
 };
 
 }  // namespace endless::core

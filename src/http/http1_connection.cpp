@@ -104,6 +104,10 @@ namespace {
 
 // Ends a connection after its last response; false if that closed (and freed) it.
 bool start_linger(loop& l, connection& c);
+// Draining: passes an idle connection to the new process. True if it went (and is closed
+// here), or if the channel is full for now and a retry is armed (the connection stays ours,
+// served as usual if the client sends meanwhile); false if it can't go (close it as usual).
+bool try_hand_over(loop& l, connection& c);
 
 // Sends c.out; false if the connection was closed.
 bool flush_pending(loop& l, connection& c) {
@@ -284,7 +288,10 @@ bool dispatch(loop& l, connection& c, const h1::request_head& head, std::string_
     detail::access::set_connection(s.req, 1, false, {}, {});
   }
   c.fresh = false;
-  bool keep = head.keep_alive && !l.srv->draining.load(std::memory_order_relaxed);
+  // Draining: the response ends keep-alive unless the connection can go to the new process
+  // once it is idle again.
+  const bool ends_here = l.srv->draining.load(std::memory_order_relaxed) && !can_hand_over(l, c);
+  bool keep = head.keep_alive && !ends_here;
   if (!head.keep_alive) c.client_close = true;
   bool head_only = head.method == "HEAD";
   conn_sink sink(l, c, out);
@@ -300,7 +307,9 @@ bool dispatch(loop& l, connection& c, const h1::request_head& head, std::string_
     res.status(500).text("500 internal server error\n");
   }
   // The drain may have begun while the handler ran: this response ends keep-alive too.
-  if (l.srv->draining.load(std::memory_order_relaxed)) detail::access::set_close(res);
+  if (l.srv->draining.load(std::memory_order_relaxed) && !can_hand_over(l, c)) {
+    detail::access::set_close(res);
+  }
   const std::string& trailers = detail::access::trailers(res);
   if (res.streaming()) {
     if (detail::access::chunked(res) && detail::access::ok(res)) {
@@ -458,6 +467,8 @@ void settle(loop& l, connection& c) {
   if (c.in.empty()) std::string().swap(c.in);
   l.srv->state_changed(c, conn_state::idle);
   timer_arm(l, c, timer_kind::idle);
+  // Draining: an idle connection goes to the new process (it may be closed after this).
+  if (l.draining && !c.h2) (void)try_hand_over(l, c);
 }
 
 void resume_task(loop& l, connection& c) {
@@ -660,7 +671,35 @@ void format_peer(std::string& out, const sockaddr_storage& ss, socklen_t len) {
 
 }  // namespace
 
+bool can_hand_over(const loop& l, const connection& c) {
+  const server_state& st = *l.srv;
+  return st.up && st.opts.hand_over_idle && !c.tls && !c.h2 && !st.bound.empty() &&
+         st.up->can_hand_over();
+}
+
+void on_adopted(loop& l, int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) len = 0;
+  (void)on_accepted(l, fd, ss, len, true);
+}
+
 namespace {
+
+bool try_hand_over(loop& l, connection& c) {
+  if (!l.draining || c.busy || c.active || c.closing || !c.in.empty() || !c.out.empty() ||
+      c.stage != connection::phase::head || !can_hand_over(l, c)) {
+    return false;
+  }
+  if (!l.srv->up->hand_over(c.fd, l.srv->bound)) {
+    if (!l.srv->up->can_hand_over()) return false;
+    timer_arm(l, c, timer_kind::handover);  // the new process is behind: again in 10 ms
+    return true;
+  }
+  // The socket lives on in the new process: closing our copy ends nothing for the client.
+  close_connection(l, c);
+  return true;
+}
 
 // Adds a connection that is still open to the loop's epoll set; false if that failed (the
 // connection is closed then).
@@ -680,9 +719,10 @@ bool register_connection(loop& l, connection& c) {
 
 }  // namespace
 
-bool on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len) {
+bool on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len, bool adopted) {
   auto* c = new connection;
   c->fd = fd;
+  c->fresh = !adopted;
   c->id = l.srv->next_conn_id.fetch_add(1, std::memory_order_relaxed);
 
   format_peer(c->remote, peer, len);
@@ -709,7 +749,7 @@ bool on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len) {
   if (c->tls) {
     timer_arm(l, *c, timer_kind::handshake);
   } else {
-    timer_arm(l, *c, l.draining ? timer_kind::idle : timer_kind::header);
+    timer_arm(l, *c, l.draining || adopted ? timer_kind::idle : timer_kind::header);
   }
   // With TCP_DEFER_ACCEPT the request (or ClientHello) is usually here already: serve it
   // before registering, so that a Connection: close exchange never touches epoll. Data that
@@ -858,6 +898,12 @@ void expire_timers(loop& l) {
         h2_goaway_due(l, *c);  // the PING's answer is late: send the final GOAWAY anyway
         continue;
       }
+      if (k == static_cast<int>(timer_kind::handover)) {
+        // Still idle and still ours: again, or, with no new process to take it any more,
+        // the drain's idle grace.
+        if (!try_hand_over(l, *c)) timer_arm(l, *c, timer_kind::idle);
+        continue;
+      }
       // Header, body, idle, write, linger: the client took too long; close. (Go closes
       // silently too; a slowloris client gets nothing to read.)
       close_connection(l, *c);
@@ -911,6 +957,7 @@ void begin_loop_drain(loop& l) {
     post_for(l, *c, [](loop& lp, connection& cp) { (void)h2_on_io(lp, cp); });
   }
   for (connection* c : idle_now) {
+    if (try_hand_over(l, *c)) continue;
     timer_unlink(l, *c);
     timer_arm(l, *c, timer_kind::idle);
   }

@@ -37,6 +37,7 @@ struct server::impl final : core::drainable {
   void begin_drain(std::function<void()> done) override;
   void hammer() noexcept override;
   bool can_resume() const noexcept override { return true; }
+  bool adopt(core::unique_fd& conn, std::string_view listener) override;
   void resume() override;
   void release_listeners() noexcept override;
   ~impl();
@@ -459,6 +460,7 @@ void server::impl::start(core::unique_fd listener) {
     };
     set(timer_kind::handshake, st.opts.tls.handshake_timeout);
     set(timer_kind::goaway, st.opts.http2.goaway_wait);
+    set(timer_kind::handover, std::chrono::milliseconds(10));
     set(timer_kind::header, st.opts.read_header_timeout);
     set(timer_kind::body, st.opts.read_timeout);
     set(timer_kind::write, st.opts.write_timeout);
@@ -532,6 +534,18 @@ void server::impl::resume() {
     loop* lp = l.get();
     lp->post([lp] { end_loop_drain(*lp); });
   }
+}
+
+bool server::impl::adopt(core::unique_fd& conn, std::string_view listener) {
+  // Also while draining (the old process sent it before it read our 'D'): served, then
+  // passed on to our own new process or closed when idle, like the connections we hold.
+  if (!st.opts.hand_over_idle || st.tls || listener != st.bound || st.loops.empty()) {
+    return false;
+  }
+  loop* lp = st.loops[st.next_adopt_loop.fetch_add(1) % st.loops.size()].get();
+  int fd = conn.release();
+  lp->post([lp, fd] { on_adopted(*lp, fd); });
+  return true;
 }
 
 void server::impl::release_listeners() noexcept {
@@ -708,6 +722,7 @@ int serve(std::initializer_list<server*> servers) {
       core::unique_fd fd = up.listen(st.network, st.address);
       std::string bound =
           st.network == "unix" ? "unix:" + st.address : core::local_address(fd.get());
+      st.bound = bound;
       s->impl_->start(std::move(fd));
       started.push_back(s->impl_.get());
       if (st.before_begin) {

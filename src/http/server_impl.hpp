@@ -53,7 +53,8 @@ enum class timer_kind : std::uint8_t {
   idle,
   write,
   linger,
-  goaway,  // HTTP/2 drain: the final GOAWAY is due
+  goaway,    // HTTP/2 drain: the final GOAWAY is due
+  handover,  // draining: try again to pass an idle connection on (the channel was full)
   count
 };
 
@@ -178,6 +179,8 @@ struct server_state {
   std::vector<std::tuple<core::hook, int, std::function<void()>>> hooks;
   std::string network, address;  // for the registry
   core::upgrader* up = nullptr;
+  std::string bound;  // the listener's local address: the key of a connection hand-over
+  std::atomic<unsigned> next_adopt_loop{0};
 
   std::vector<std::unique_ptr<loop>> loops;
   std::atomic<std::uint64_t> next_conn_id{1};
@@ -220,7 +223,14 @@ bool send_blocking(connection& c, std::string_view bytes, std::chrono::milliseco
 void free_connection(connection* c);  // closes nothing: frees the struct and its state
 // Serves what a new connection already sent, then registers it with epoll if it is still
 // open; false when this thread lost the loop meanwhile (touch nothing of it then).
-bool on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len);
+bool on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len,
+                 bool adopted = false);
+// A connection the old process handed over: served and registered like a new one, but an
+// idle keep-alive connection (idle timer, no h2c preface).
+void on_adopted(loop& l, int fd);
+// Whether `c` can be passed to the new process when it is idle (plain HTTP/1.1, hand-over on,
+// a new process taking them).
+bool can_hand_over(const loop& l, const connection& c);
 // Handles readiness of `c`; returns false when this thread lost the loop (handed off).
 bool on_io(loop& l, connection& c, std::uint32_t events);
 void on_resume(loop& l, connection& c);

@@ -2,7 +2,7 @@
 //   --addr A (repeatable: several servers from one binary)  --pidfile F  --threads N
 //   --read-header-timeout-ms N  --idle-timeout-ms N  --write-timeout-ms N
 //   --max-body N  --hammer-time S  --drain-grace-ms N  --read-timeout-ms N  --log-states 1
-//   --defer-accept 0|1  --probation-ms N
+//   --defer-accept 0|1  --probation-ms N  --hand-over 0|1
 //   --fault-file F: read at start; "crash-after-ready" makes this process crash (SIGSEGV)
 //   1 s after it is ready, i.e. after the pid file names it (needs --pidfile).
 //   --tls-cert F --tls-key F  --sni-cert F --sni-key F (repeatable)  --client-ca F
@@ -93,6 +93,8 @@ int main(int argc, char** argv) {
       o.probation = milliseconds(std::stoll(v));
     } else if (f == "--fault-file") {
       fault_file = v;
+    } else if (f == "--hand-over") {
+      o.hand_over_idle = v == "1";
     } else if (f == "--defer-accept") {
       o.defer_accept = v == "1";
     } else if (f == "--log-states") {

@@ -53,6 +53,15 @@ class drainable {
   // Servers that can resume keep their listener copies open through a drain; this closes
   // them once no rollback can come (a final drain, probation off or over).
   virtual void release_listeners() noexcept {}
+  // Connection hand-over (new process): an idle connection the old process passed on,
+  // accepted by the listener whose local address is `listener` (core::local_address()).
+  // Take it (move from `conn`) and return true, or return false to let another server try
+  // (none: it is closed). Called from the upgrader's thread.
+  virtual bool adopt(unique_fd& conn, std::string_view listener) {
+    (void)conn;
+    (void)listener;
+    return false;
+  }
 
  protected:
   ~drainable() = default;
@@ -116,6 +125,18 @@ class upgrader {
   std::uint64_t generation() const noexcept;  // upgrades that led to this process
   std::uint64_t upgrades() const noexcept;    // successful upgrades started here
   std::uint64_t failed_upgrades() const noexcept;
+
+  // Connection hand-over (old process, draining after a successful upgrade): passes an idle
+  // connection to the new process over the readiness channel (SCM_RIGHTS) with the local
+  // address of the listener that accepted it. True: sent; close your copy and never touch the
+  // socket again (bytes the client sends meanwhile wait in it for the new process). False:
+  // not possible now (no new process to take it, or it is not keeping up): end it the
+  // usual way. Thread-safe; never blocks.
+  bool hand_over(int conn, std::string_view listener) noexcept;
+  // Whether hand_over() can succeed now (a new process took over and still takes them).
+  bool can_hand_over() const noexcept;
+  std::uint64_t handed_over() const noexcept;  // connections passed on by this process
+  std::uint64_t adopted() const noexcept;      // connections taken from the old process
 
   // Writes to the configured log sink.
   void log(std::string_view line) const;

@@ -92,6 +92,12 @@ struct server_options {
   // (or after about a second without any), and served in the same step, without an epoll
   // round trip. Off: taken as soon as the handshake completes.
   bool defer_accept = true;
+  // While draining after an upgrade, idle plain HTTP/1.1 keep-alive connections are passed to
+  // the new process (SCM_RIGHTS) instead of closed, so a client that sends just as the old
+  // process would have closed loses nothing; a busy one is passed on once its response is
+  // out (no Connection: close then). TLS and HTTP/2 connections drain as before. Also
+  // whether this process takes connections passed to it.
+  bool hand_over_idle = true;
   int threads = 0;         // event loops; 0 = CPUs in this process's affinity mask
   int max_threads = 1024;  // cap on loop threads, blocked handlers included
   // Process-wide, taken from the first server given to serve():
