@@ -265,8 +265,11 @@ bool upgrader::impl::on_parent_channel_readable() {
       return true;
     }
   }
-  log_pid("connection hand-over: no server here listens on " + std::string(listener) +
-          "; closing a connection");
+  // Once per process: a new process that takes none (hand-over off) would log each one.
+  if (refused_adoptions++ == 0) {
+    log_pid("connection hand-over: no server here takes connections of " + std::string(listener) +
+            "; closing them");
+  }
   return true;
 }
 

@@ -89,8 +89,9 @@ struct upgrader::impl {
   mutable std::mutex handover_mu;
   std::atomic<bool> child_takes{false};
   std::atomic<std::uint64_t> handed{0}, adopted_count{0};
-  unique_fd parent_channel;     // (new process) to the old one: 'D' when we begin to drain
-  bool finish_pending = false;  // the drain ended during the probation: finish at its end
+  std::uint64_t refused_adoptions = 0;  // (thread)
+  unique_fd parent_channel;             // (new process) to the old one: 'D' when we begin to drain
+  bool finish_pending = false;          // the drain ended during the probation: finish at its end
   std::uint64_t drain_epoch = 0;
   std::vector<const drainable*> draining_services;
   bool final_shutdown = false;
