@@ -46,7 +46,17 @@ fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 now_ms() { date +%s%3N; }
 
-"$hello" --addr "127.0.0.1:$port" --pidfile "$tmp/pid" --hammer-time 10 >"$tmp/hello.log" 2>&1 &
+# Started without the fds this script inherited (a lock held by flock, say): later
+# generations never have them, and the fd counts compare the first process with the last.
+without_inherited_fds() {
+  local fd
+  for fd in $(ls "/proc/$BASHPID/fd"); do
+    if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
+  exec "$@"
+}
+(without_inherited_fds "$hello" --addr "127.0.0.1:$port" --pidfile "$tmp/pid" --hammer-time 10 \
+  >"$tmp/hello.log" 2>&1) &
 server=$!
 for _ in $(seq 100); do [[ -s $tmp/pid ]] && break; sleep 0.1; done
 first=$(cat "$tmp/pid")
