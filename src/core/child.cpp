@@ -20,15 +20,17 @@ namespace {
 // Returns {} when acknowledged; errc::aborted when the old process is alive but did not
 // acknowledge (it is rolling back and about to kill us); {} with `alone` set when the old
 // process is gone and we are the server now.
-std::error_code handshake(int channel, pid_t parent, bool& alone, std::string& why) {
-  char ready = protocol::kReady;
+// `takes`: the 'T' messages that go before the 'R'.
+std::error_code handshake(int channel, pid_t parent, const std::string& takes, bool& alone,
+                          std::string& why) {
+  std::string out = takes + protocol::kReady;
   ssize_t sent;
   do {
-    sent = ::send(channel, &ready, 1, MSG_NOSIGNAL);
+    sent = ::send(channel, out.data(), out.size(), MSG_NOSIGNAL);
   } while (sent < 0 && errno == EINTR);
   char ack = 0;
   ssize_t got = 0;
-  if (sent == 1) {
+  if (sent == static_cast<ssize_t>(out.size())) {
     do {
       got = ::recv(channel, &ack, 1, 0);
     } while (got < 0 && errno == EINTR);
@@ -70,7 +72,20 @@ std::error_code upgrader::impl::do_ready() {
     unique_fd owned(channel);
     startup().env.ready_fd = -1;
     std::string why;
-    std::error_code ec = handshake(channel, startup().parent, alone, why);
+    // The listeners whose idle connections we take from the old process (protocol.hpp).
+    std::string takes;
+    {
+      std::lock_guard lock(mu);
+      for (const drainable* d : services) {
+        std::string a = d->adopts_for();
+        if (!a.empty() && a.size() <= 255) {
+          takes += protocol::kTakes;
+          takes += static_cast<char>(a.size());
+          takes += a;
+        }
+      }
+    }
+    std::error_code ec = handshake(channel, startup().parent, takes, alone, why);
     if (!why.empty()) log_pid(why);
     if (ec) {
       discard_pid_file(staged);

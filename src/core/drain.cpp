@@ -121,6 +121,13 @@ void upgrader::impl::finish() {
     finish_pending = true;  // exits when the probation ends (or is ended)
     return;
   }
+  if (parent_channel) {
+    // Connections the old process sent before it read our 'D' are still on their way.
+    if (!channel_wait_until) channel_wait_until = clock::now() + std::chrono::seconds(2);
+    if (clock::now() < *channel_wait_until) return;  // again at EOF or at the deadline
+    parent_channel.reset();
+  }
+  channel_wait_until.reset();
   if (final_shutdown && !opts.pid_file.empty()) remove_pid_file(opts.pid_file, pid);
   if (auto n = handed.load()) {
     log_pid("passed " + std::to_string(n) + " idle connection(s) to the new process");
@@ -199,18 +206,23 @@ void upgrader::impl::close_child_channel() {
   child_takes.store(false);
   std::lock_guard lock(handover_mu);
   child_channel.reset();
+  child_takes_for.clear();
 }
 
 void upgrader::impl::on_child_channel_readable() {
-  char byte = 0;
+  char buf[512];
   ssize_t n;
   do {
-    n = ::recv(child_channel.get(), &byte, 1, MSG_DONTWAIT);
+    n = ::recv(child_channel.get(), buf, sizeof buf, MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   if (n < 0 && errno == EAGAIN) return;
   const pid_t child = probation ? probation->child.pid : -1;
+  bool draining_child = n > 0;  // 'D' (anything else ends the hand-over too)
+  if (n > 0 && buf[0] != protocol::kDraining) {
+    log_pid("readiness channel: unexpected byte from the new process; no more hand-over");
+  }
   close_child_channel();  // 'D' or EOF: it takes no more connections
-  if (n == 1 && byte == protocol::kDraining && probation) {
+  if (draining_child && probation) {
     end_probation("new process " + std::to_string(child) + " is draining itself");
   }
   // EOF without 'D': a crash closes it too; the pidfd tells.
@@ -241,11 +253,17 @@ bool upgrader::impl::on_parent_channel_readable() {
     }
   }
   if (n <= 0) {
-    parent_channel.reset();  // the old process is gone
+    parent_channel.reset();  // the old process is gone (or read our 'D')
+    if (channel_wait_until) finish();
     return false;
   }
-  if (msg.msg_flags & MSG_CTRUNC)
-    log_pid("connection hand-over: out of fds, a connection was lost");
+  if (msg.msg_flags & MSG_CTRUNC) {
+    // The kernel dropped the fd: that connection is gone. Logged once per process.
+    if (lost_in_transfer++ == 0) {
+      log_pid("connection hand-over: out of fds, connections passed to us are being lost");
+    }
+    return true;
+  }
   // One message per read: the kernel does not merge a message carrying fds with the next.
   std::string_view data(buf, static_cast<std::size_t>(n));
   if (data.size() < 2 || data[0] != protocol::kConnection ||
@@ -254,15 +272,19 @@ bool upgrader::impl::on_parent_channel_readable() {
     return true;
   }
   std::string_view listener = data.substr(2);
+  // Draining ourselves: straight on to our own new process, if it takes it.
+  if (current.load() == state::draining && send_connection(fds[0].get(), listener)) return true;
   std::vector<drainable*> targets;
   {
     std::lock_guard lock(mu);
     targets = services;
   }
-  for (drainable* d : targets) {
-    if (d->adopt(fds[0], listener)) {
-      adopted_count++;
-      return true;
+  if (!drained && !channel_wait_until) {
+    for (drainable* d : targets) {
+      if (d->adopt(fds[0], listener)) {
+        adopted_count++;
+        return true;
+      }
     }
   }
   // Once per process: a new process that takes none (hand-over off) would log each one.

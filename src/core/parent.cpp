@@ -79,14 +79,28 @@ void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> res
 }
 
 void upgrader::impl::on_channel_readable() {
-  char byte = 0;
+  // 'T' messages (listeners whose connections it takes), then 'R'.
+  char buf[512];
   ssize_t n;
   do {
-    n = ::recv(upgrade->channel.get(), &byte, 1, MSG_DONTWAIT);
+    n = ::recv(upgrade->channel.get(), buf, sizeof buf, MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   if (n < 0 && errno == EAGAIN) return;
   const pid_t child = upgrade->child.pid;
-  if (n != 1 || byte != protocol::kReady) {
+  bool ready = false;
+  if (n > 0) {
+    upgrade->received.append(buf, static_cast<std::size_t>(n));
+    std::string& in = upgrade->received;
+    while (!in.empty() && in[0] == protocol::kTakes && in.size() >= 2 &&
+           in.size() >= 2u + static_cast<unsigned char>(in[1])) {
+      std::size_t len = static_cast<unsigned char>(in[1]);
+      upgrade->takes.push_back(in.substr(2, len));
+      in.erase(0, 2 + len);
+    }
+    ready = !in.empty() && in[0] == protocol::kReady;
+    if (!ready && (in.empty() || in[0] == protocol::kTakes)) return;  // the rest is coming
+  }
+  if (!ready) {
     // EOF: it exited, or closed the channel without being ready. Learn how, then roll back.
     fail_upgrade(errc::child_exited,
                  "new process " + std::to_string(child) + " closed the readiness channel and");
@@ -118,9 +132,10 @@ void upgrader::impl::on_channel_readable() {
       ::setsockopt(upgrade->channel.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
     }
     std::lock_guard lock(handover_mu);
+    child_takes_for = std::move(upgrade->takes);
     child_channel = std::move(upgrade->channel);
   }
-  child_takes.store(true);
+  child_takes.store(!child_takes_for.empty());
   auto waiting = end_upgrade();  // the child is on its own now (but for the probation)
   // Drain first: whoever waits on upgrade() sees this process already draining.
   begin_drain(false);

@@ -27,6 +27,9 @@
 // (options::probation), then knows that the new one's exit will not be a crash to roll back
 // from. A peer that never sends 'D' (closes at once) only loses that refinement.
 //
+// Before its 'R' the new process names each listener whose connections it takes: 'T', one
+// length byte N, N bytes of the listener's local address. The old process hands over only
+// those (with the hand-over off, or no server that takes them, it names none).
 // Connection hand-over, old -> new, after 'A' and until the new process sends 'D': messages
 // of 'C', one length byte N (1..255), N bytes of the listener's local address, with exactly
 // one fd in SCM_RIGHTS (an idle HTTP/1.1 keep-alive connection, nothing of its next request
@@ -46,6 +49,7 @@ inline constexpr char kReady = 'R';
 inline constexpr char kAck = 'A';
 inline constexpr char kDraining = 'D';
 inline constexpr char kConnection = 'C';
+inline constexpr char kTakes = 'T';
 inline constexpr int kFirstFd = 3;  // SD_LISTEN_FDS_START
 
 inline constexpr const char* kListenFds = "LISTEN_FDS";

@@ -162,6 +162,7 @@ std::optional<int> upgrader::impl::poll_timeout_ms() const {
   consider(hammer_at);
   consider(next_watchdog);
   if (probation) consider(probation->until);
+  consider(channel_wait_until);
   if (!next) return std::nullopt;
   auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
   return static_cast<int>(std::clamp<long long>(ms, 0, 60'000));
@@ -175,6 +176,7 @@ void upgrader::impl::on_timers() {
                                           std::to_string(opts.upgrade_timeout.count()) + " ms");
   }
   if (hammer_at && now >= *hammer_at) do_hammer();
+  if (channel_wait_until && now >= *channel_wait_until) finish();
   if (probation && now >= probation->until)
     end_probation("its " + std::to_string(opts.probation.count()) + " ms are up");
   if (next_watchdog && now >= *next_watchdog) {
@@ -311,8 +313,8 @@ void upgrader::impl::do_detach(const drainable* d) {
 
 // ---------------------------------------------------------------- public API
 
-bool upgrader::hand_over(int conn, std::string_view listener) noexcept {
-  if (!impl_->child_takes.load(std::memory_order_acquire)) return false;
+bool upgrader::impl::send_connection(int conn, std::string_view listener) noexcept {
+  if (!child_takes.load(std::memory_order_acquire)) return false;
   if (listener.empty() || listener.size() > 255 || conn < 0) return false;
   char buf[2 + 255];
   buf[0] = protocol::kConnection;
@@ -330,16 +332,24 @@ bool upgrader::hand_over(int conn, std::string_view listener) noexcept {
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN(sizeof(int));
   std::memcpy(CMSG_DATA(c), &conn, sizeof conn);
-  std::lock_guard lock(impl_->handover_mu);
-  if (!impl_->child_channel) return false;
+  std::lock_guard lock(handover_mu);
+  if (!child_channel) return false;
+  if (std::find(child_takes_for.begin(), child_takes_for.end(), listener) ==
+      child_takes_for.end()) {
+    return false;  // the new process takes none of this listener's connections
+  }
   ssize_t n;
   do {
-    n = ::sendmsg(impl_->child_channel.get(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    n = ::sendmsg(child_channel.get(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   } while (n < 0 && errno == EINTR);
   // A stream socket takes a small message whole or not at all (it fits the buffer or EAGAIN).
   if (n != static_cast<ssize_t>(iov.iov_len)) return false;
-  impl_->handed++;
+  handed++;
   return true;
+}
+
+bool upgrader::hand_over(int conn, std::string_view listener) noexcept {
+  return impl_->send_connection(conn, listener);
 }
 
 bool upgrader::can_hand_over() const noexcept {

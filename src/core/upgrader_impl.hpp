@@ -71,7 +71,9 @@ struct upgrader::impl {
   // --- (thread)
   struct upgrade_in_flight {
     spawned child;
-    unique_fd channel;  // our end of the readiness socketpair
+    unique_fd channel;               // our end of the readiness socketpair
+    std::string received;            // bytes read from it so far
+    std::vector<std::string> takes;  // listeners named by its 'T' messages
     clock::time_point deadline;
     std::vector<std::promise<std::error_code>> waiting;
   };
@@ -87,11 +89,16 @@ struct upgrader::impl {
   // thread in hand_over().
   unique_fd child_channel;
   mutable std::mutex handover_mu;
+  std::vector<std::string> child_takes_for;  // (handover_mu) listeners it named with 'T'
   std::atomic<bool> child_takes{false};
   std::atomic<std::uint64_t> handed{0}, adopted_count{0};
   std::uint64_t refused_adoptions = 0;  // (thread)
   unique_fd parent_channel;             // (new process) to the old one: 'D' when we begin to drain
   bool finish_pending = false;          // the drain ended during the probation: finish at its end
+  // (new process) The drain ended before the old process closed the channel: finish at its
+  // EOF (or this deadline), so that no connection it sent is dropped with the channel.
+  std::optional<clock::time_point> channel_wait_until;
+  std::uint64_t lost_in_transfer = 0;  // (thread) fds the kernel dropped (MSG_CTRUNC)
   std::uint64_t drain_epoch = 0;
   std::vector<const drainable*> draining_services;
   bool final_shutdown = false;
@@ -142,6 +149,8 @@ struct upgrader::impl {
   bool can_roll_back();  // every attached server can resume()
   void on_child_channel_readable();
   void close_child_channel();
+  // upgrader::hand_over(): one connection to the new process; any thread.
+  bool send_connection(int conn, std::string_view listener) noexcept;
   // (new process) Takes the connections queued on the channel from the old process; false
   // once it is closed.
   bool on_parent_channel_readable();

@@ -687,13 +687,24 @@ void on_adopted(loop& l, int fd) {
 namespace {
 
 bool try_hand_over(loop& l, connection& c) {
-  if (!l.draining || c.busy || c.active || c.closing || !c.in.empty() || !c.out.empty() ||
-      c.stage != connection::phase::head || !can_hand_over(l, c)) {
+  // A fresh connection (nothing sent yet) stays: it may be about to send an h2c preface,
+  // and it is still under read_header_timeout.
+  if (!l.draining || c.fresh || c.busy || c.active || c.closing || !c.in.empty() ||
+      !c.out.empty() || c.stage != connection::phase::head || !can_hand_over(l, c)) {
     return false;
   }
-  if (!l.srv->up->hand_over(c.fd, l.srv->bound)) {
-    if (!l.srv->up->can_hand_over()) return false;
-    timer_arm(l, c, timer_kind::handover);  // the new process is behind: again in 10 ms
+  bool sent;
+  {
+    // Under conns_mu, so that the hammer (which shuts every linked connection down) never
+    // sees one that is already the new process's.
+    std::lock_guard lock(l.conns_mu);
+    sent = l.srv->up->hand_over(c.fd, l.srv->bound);
+    c.handed = sent;
+  }
+  if (!sent) {
+    // The new process is behind (the channel is full): again in 10 ms, for about a second.
+    if (!l.srv->up->can_hand_over() || ++c.handover_tries > 100) return false;
+    timer_arm(l, c, timer_kind::handover);
     return true;
   }
   // The socket lives on in the new process: closing our copy ends nothing for the client.

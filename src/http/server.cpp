@@ -38,6 +38,9 @@ struct server::impl final : core::drainable {
   void hammer() noexcept override;
   bool can_resume() const noexcept override { return true; }
   bool adopt(core::unique_fd& conn, std::string_view listener) override;
+  std::string adopts_for() const override {
+    return st.opts.hand_over_idle && !st.tls ? st.bound : std::string();
+  }
   void resume() override;
   void release_listeners() noexcept override;
   ~impl();
@@ -576,8 +579,9 @@ void check_drained(loop& l) {
 void server::impl::hammer() noexcept {
   for (auto& l : st.loops) {
     std::lock_guard lock(l->conns_mu);
-    for (connection* c = l->conns; c; c = c->conn_next)
-      ::shutdown(c->fd, SHUT_RDWR);
+    for (connection* c = l->conns; c; c = c->conn_next) {
+      if (!c->handed) ::shutdown(c->fd, SHUT_RDWR);  // a handed one is the new process's
+    }
   }
 }
 

@@ -85,8 +85,11 @@ struct connection {
   bool client_close = false;  // the client asked for the close (Connection: close, HTTP/1.0)
   bool discarded = false;     // bytes after the last request were dropped: linger
   bool fresh = true;          // no request served yet (h2c looks for the preface then)
-  bool registered = false;    // in the loop's epoll set (a new connection is served first)
-  std::size_t scan = 0;       // find_head_end's resume point
+  bool registered = false;
+  bool handed = false;              // passed to the new process: the hammer must not touch it
+  std::uint8_t handover_tries = 0;  // retries while the channel to the new process is full    // in
+                                    // the loop's epoll set (a new connection is served first)
+  std::size_t scan = 0;             // find_head_end's resume point
   std::size_t head_length = 0;
   std::size_t body_consumed = 0;  // chunked: bytes of `in` after the head already decoded
   std::string in;                 // unparsed bytes carried between reads

@@ -4,7 +4,8 @@
 //   --max-body N  --hammer-time S  --drain-grace-ms N  --read-timeout-ms N  --log-states 1
 //   --defer-accept 0|1  --probation-ms N  --hand-over 0|1
 //   --fault-file F: read at start; "crash-after-ready" makes this process crash (SIGSEGV)
-//   1 s after it is ready, i.e. after the pid file names it (needs --pidfile).
+//   1 s after it is ready, i.e. after the pid file names it (needs --pidfile);
+//   "no-hand-over" turns hand_over_idle off in this process.
 //   --tls-cert F --tls-key F  --sni-cert F --sni-key F (repeatable)  --client-ca F
 //   --verify-client none|optional|required  --handshake-timeout-ms N  --tls13-only 1
 //   --h2c 1  --h2 0  --max-streams N  --goaway-wait-ms N  --watch 0  --max-header N
@@ -112,6 +113,7 @@ int main(int argc, char** argv) {
       fault.assign(buf, std::fread(buf, 1, sizeof buf - 1, f));
       std::fclose(f);
     }
+    if (fault.rfind("no-hand-over", 0) == 0) o.hand_over_idle = false;
     if (fault.rfind("crash-after-ready", 0) == 0) {
       std::thread([pidfile = o.pid_file, self = ::getpid()] {
         for (int i = 0; i < 3000; ++i) {  // up to 30 s

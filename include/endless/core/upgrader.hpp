@@ -62,6 +62,9 @@ class drainable {
     (void)listener;
     return false;
   }
+  // The local address of the listener whose connections adopt() takes; empty: none. Asked
+  // once, when this (new) process is ready, and told to the old process.
+  virtual std::string adopts_for() const { return {}; }
 
  protected:
   ~drainable() = default;
