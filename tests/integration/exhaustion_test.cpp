@@ -19,6 +19,7 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
+const std::string kPidRequest = "GET /pid HTTP/1.1\r\nHost: x\r\n\r\n";
 const std::string kFollowUp = "GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
 class exhaustion_test : public core_fixture {
@@ -88,6 +89,37 @@ class exhaustion_test : public core_fixture {
     return ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
            static_cast<ssize_t>(bytes.size());
   }
+  static std::string prlimit_path() {
+    std::string path = run_command("command -v prlimit");
+    if (!path.empty() && path.back() == '\n') path.pop_back();
+    return path;
+  }
+  // http_helper with RLIMIT_NOFILE 32:64 (serve() raises the soft limit to the hard one, as
+  // Go's runtime does; prlimit execs it: same pid), one loop, ready.
+  pid_t start_with_64_fds(const std::string& prlimit) {
+    processes::spec s;
+    s.argv = {prlimit, "--nofile=32:64", HTTP_HELPER_PATH, "--pidfile", pidfile, "--threads", "1"};
+    s.log = log;
+    return started(procs.start(s));
+  }
+  // Keep-alive connections, each answered once, until one is not: the server is out of fds.
+  // `held`: the answered ones; `queued`: the one left waiting (in the kernel's queue).
+  void run_out_of_fds(std::vector<int>& held, int& queued) {
+    for (int i = 0; i < 100 && queued < 0; ++i) {
+      int fd = connect_loopback(port);
+      ASSERT_GE(fd, 0) << "connection " << i << " refused: the listener is gone";
+      ASSERT_TRUE(send_all(fd, kPidRequest));
+      auto r = read_response(fd, 1000);
+      // A slow answer is not a missing one: without the log line, give it longer.
+      if (!r.ok && count_lines(log, "Too many open files") == 0) r = read_response(fd, 4000);
+      if (r.ok) {
+        held.push_back(fd);
+      } else {
+        queued = fd;
+      }
+    }
+    ASSERT_GE(queued, 0) << "64 fds never ran out";
+  }
 };
 
 TEST_F(exhaustion_test, slowloris_at_one_byte_a_second_is_closed_by_read_header_timeout) {
@@ -140,37 +172,16 @@ TEST_F(exhaustion_test, slowloris_at_one_byte_a_second_is_closed_by_read_header_
 }
 
 TEST_F(exhaustion_test, emfile_in_accept_backs_off_keeps_the_listener_and_recovers) {
-  // Soft limit 32, hard 64: serve() raises the soft limit to the hard one (as Go's runtime
-  // does), so the server runs with 64. prlimit execs the helper: same pid.
-  processes::spec s;
-  s.argv = {"prlimit", "--nofile=32:64", HTTP_HELPER_PATH, "--pidfile", pidfile, "--threads", "1"};
-  s.argv[0] = run_command("command -v prlimit");
-  if (!s.argv[0].empty() && s.argv[0].back() == '\n') s.argv[0].pop_back();
-  if (s.argv[0].empty()) GTEST_SKIP() << "no prlimit";
-  s.log = log;
-  pid_t pid = started(procs.start(s));
+  const std::string prlimit = prlimit_path();
+  if (prlimit.empty()) GTEST_SKIP() << "no prlimit";
+  pid_t pid = start_with_64_fds(prlimit);
   ASSERT_GT(port, 0) << read_file(log);
   EXPECT_EQ(open_files_limit(pid), "64 64") << "the soft limit was not raised to the hard one";
   const int base = fd_count(pid);
 
-  // Keep-alive connections, each answered once, until one is not: the server is out of fds.
-  const std::string req = "GET /pid HTTP/1.1\r\nHost: x\r\n\r\n";
   std::vector<int> held;
   int queued = -1;
-  for (int i = 0; i < 100 && queued < 0; ++i) {
-    int fd = connect_loopback(port);
-    ASSERT_GE(fd, 0) << "connection " << i << " refused: the listener is gone";
-    ASSERT_TRUE(send_all(fd, req));
-    auto r = read_response(fd, 1000);
-    // A slow answer is not a missing one: without the log line, give it longer.
-    if (!r.ok && count_lines(log, "Too many open files") == 0) r = read_response(fd, 4000);
-    if (r.ok) {
-      held.push_back(fd);
-    } else {
-      queued = fd;
-    }
-  }
-  ASSERT_GE(queued, 0) << "64 fds never ran out";
+  ASSERT_NO_FATAL_FAILURE(run_out_of_fds(held, queued));
   EXPECT_EQ(fd_count(pid, 64), 64) << "not out of fds";
   EXPECT_GE(count_lines(log, "accept: Too many open files"), 1) << read_file(log);
 
@@ -186,7 +197,7 @@ TEST_F(exhaustion_test, emfile_in_accept_backs_off_keeps_the_listener_and_recove
   // The listener stays: a connection made now is queued by the kernel, and answered later.
   int queued2 = connect_loopback(port);
   ASSERT_GE(queued2, 0) << "the listener is gone";
-  ASSERT_TRUE(send_all(queued2, req));
+  ASSERT_TRUE(send_all(queued2, kPidRequest));
   auto early = read_response(queued2, 300);
   EXPECT_FALSE(early.ok) << "answered while out of fds?";
 
@@ -234,30 +245,13 @@ TEST_F(exhaustion_test, emfile_in_accept_backs_off_keeps_the_listener_and_recove
 // clear reason, the old process keeps its listener and serves what queued meanwhile, and
 // once fds are free again the next SIGHUP upgrades.
 TEST_F(exhaustion_test, fd_limit_reached_while_passing_fds_fails_the_upgrade_cleanly) {
-  processes::spec s;
-  s.argv = {"prlimit", "--nofile=32:64", HTTP_HELPER_PATH, "--pidfile", pidfile, "--threads", "1"};
-  s.argv[0] = run_command("command -v prlimit");
-  if (!s.argv[0].empty() && s.argv[0].back() == '\n') s.argv[0].pop_back();
-  if (s.argv[0].empty()) GTEST_SKIP() << "no prlimit";
-  s.log = log;
-  pid_t pid = started(procs.start(s));
+  const std::string prlimit = prlimit_path();
+  if (prlimit.empty()) GTEST_SKIP() << "no prlimit";
+  pid_t pid = start_with_64_fds(prlimit);
   ASSERT_GT(port, 0) << read_file(log);
-  const std::string req = "GET /pid HTTP/1.1\r\nHost: x\r\n\r\n";
   std::vector<int> held;
   int queued = -1;
-  for (int i = 0; i < 100 && queued < 0; ++i) {
-    int fd = connect_loopback(port);
-    ASSERT_GE(fd, 0) << "connection " << i << " refused: the listener is gone";
-    ASSERT_TRUE(send_all(fd, req));
-    auto r = read_response(fd, 1000);
-    if (!r.ok && count_lines(log, "Too many open files") == 0) r = read_response(fd, 4000);
-    if (r.ok) {
-      held.push_back(fd);
-    } else {
-      queued = fd;
-    }
-  }
-  ASSERT_GE(queued, 0) << "64 fds never ran out";
+  ASSERT_NO_FATAL_FAILURE(run_out_of_fds(held, queued));
   ::kill(pid, SIGHUP);
   ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 10s))
       << read_file(log);

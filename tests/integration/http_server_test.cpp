@@ -729,13 +729,7 @@ TEST_F(http_server_test, examples_start_answer_and_restart) {
     ::kill(pid, SIGHUP);
     pid_t next = 0;
     ASSERT_TRUE(wait_until(
-        [&] {
-          auto lines = lines_with(elog, "is ready; handing over");
-          if (lines.empty()) return false;
-          next = std::atoi(lines[0].c_str() + lines[0].find("process ") + 8);
-          return true;
-        },
-        10s))
+        [&] { return (next = logged_process(elog, "is ready; handing over")) > 0; }, 10s))
         << e.name << read_file(elog);
     procs.track(next);
     EXPECT_TRUE(procs.wait_gone(pid, 10s)) << e.name;

@@ -330,14 +330,8 @@ TEST_F(tls_test, the_tls_example_serves_reloads_and_restarts) {
       wait_until([&] { return served_certificate().find("serial=02") != std::string::npos; }, 10s));
   ::kill(pid, SIGHUP);
   pid_t next = 0;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        auto lines = lines_with(log, "is ready; handing over");
-        if (lines.empty()) return false;
-        next = std::atoi(lines[0].c_str() + lines[0].find("process ") + 8);
-        return true;
-      },
-      10s))
+  ASSERT_TRUE(
+      wait_until([&] { return (next = logged_process(log, "is ready; handing over")) > 0; }, 10s))
       << read_file(log);
   procs.track(next);
   EXPECT_TRUE(procs.wait_gone(pid, 10s));

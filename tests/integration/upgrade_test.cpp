@@ -178,14 +178,8 @@ TEST_F(upgrade_test, sigkill_of_the_new_process_mid_hand_over_rolls_back) {
   write_file(fault_file, "noready");
   ::kill(pid, SIGHUP);
   pid_t child = -1;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        auto started = lines_with(log, "started new process ");
-        if (started.empty()) return false;
-        child = std::atoi(started[0].c_str() + started[0].find("process ") + 8);
-        return true;
-      },
-      5s));
+  ASSERT_TRUE(
+      wait_until([&] { return (child = logged_process(log, "started new process ")) > 0; }, 5s));
   procs.track(child);
   // Requests during the hand-over go to the old process, which keeps accepting.
   for (int i = 0; i < 20; ++i)
@@ -255,14 +249,8 @@ TEST_F(upgrade_test, full_disk_for_the_pid_file_rolls_back) {
   std::filesystem::remove(in_ns(pid, mnt + "/fill"));
   ::kill(pid, SIGHUP);
   pid_t next = -1;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        auto lines = lines_with(log, "is ready; handing over");
-        if (lines.empty()) return false;
-        next = std::atoi(lines[0].c_str() + lines[0].find("process ") + 8);
-        return true;
-      },
-      10s))
+  ASSERT_TRUE(
+      wait_until([&] { return (next = logged_process(log, "is ready; handing over")) > 0; }, 10s))
       << read_file(log);
   procs.track(next);
   EXPECT_TRUE(wait_until([&] { return read_pid(in_ns(next, mnt + "/pid")) == next; }, 5s));
@@ -394,14 +382,8 @@ TEST_F(upgrade_test, sigterm_during_an_upgrade_kills_the_new_process_and_drains)
   write_file(fault_file, "noready");
   ::kill(pid, SIGHUP);
   pid_t child = -1;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        auto started = lines_with(log, "started new process ");
-        if (started.empty()) return false;
-        child = std::atoi(started[0].c_str() + started[0].find("process ") + 8);
-        return true;
-      },
-      5s));
+  ASSERT_TRUE(
+      wait_until([&] { return (child = logged_process(log, "started new process ")) > 0; }, 5s));
   procs.track(child);
   ::kill(pid, SIGTERM);
   ASSERT_TRUE(procs.wait_gone(pid, 10s)) << read_file(log);

@@ -334,6 +334,13 @@ std::vector<std::string> lines_with(const std::string& log, const std::string& t
   return out;
 }
 
+pid_t logged_process(const std::string& log, const std::string& text) {
+  auto lines = lines_with(log, text);
+  if (lines.empty()) return -1;
+  std::size_t at = lines[0].find("process ");
+  return at == std::string::npos ? -1 : std::atoi(lines[0].c_str() + at + 8);
+}
+
 int count_lines(const std::string& log, const std::string& text) {
   return static_cast<int>(lines_with(log, text).size());
 }

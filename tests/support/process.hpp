@@ -112,5 +112,8 @@ std::string run_command(const std::string& cmd);
 // How many lines of `log` contain `text`.
 int count_lines(const std::string& log, const std::string& text);
 std::vector<std::string> lines_with(const std::string& log, const std::string& text);
+// The pid named after "process " in the first line of `log` holding `text` (such as "is
+// ready; handing over" or "started new process "), or -1.
+pid_t logged_process(const std::string& log, const std::string& text);
 
 }  // namespace endless::test
