@@ -183,8 +183,6 @@ void upgrader::impl::on_probation_child_exited() {
   probation.reset();
   close_child_channel();
   rollbacks++;
-  log_pid("new process " + std::to_string(child) + " " + how + " " + std::to_string(lived.count()) +
-          " ms after it took over; rolling back: serving again.");
   ++drain_epoch;  // a `drained` of the drain being undone is stale from now on
   draining_services.clear();
   hammer_at.reset();
@@ -200,6 +198,9 @@ void upgrader::impl::on_probation_child_exited() {
   notify("MAINPID=" + std::to_string(pid) + "\nREADY=1\nSTATUS=rolled back: new process " +
          std::to_string(child) + " " + how);
   if (watchdog_usec) next_watchdog = clock::now();
+  // Logged once it is true: accepting again, the pid file and systemd naming us.
+  log_pid("new process " + std::to_string(child) + " " + how + " " + std::to_string(lived.count()) +
+          " ms after it took over; rolled back: serving again.");
 }
 
 void upgrader::impl::close_child_channel() {

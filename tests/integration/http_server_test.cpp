@@ -562,7 +562,7 @@ TEST_F(http_server_test, new_process_crashing_after_ready_is_rolled_back) {
       << read_file(log);
   procs.track(next);
   std::filesystem::remove(fault);  // what the next upgrade runs is fixed
-  ASSERT_TRUE(wait_until([&] { return count_lines(log, "rolling back: serving again") == 1; }, 5s))
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "rolled back: serving again") == 1; }, 5s))
       << read_file(log);
   EXPECT_TRUE(procs.wait_gone(next, 5s));
   EXPECT_EQ(read_pid(pidfile), old) << "the pid file does not name the old process again";
@@ -634,7 +634,7 @@ TEST_F(http_server_test, rollback_under_200_clients_fails_only_the_crashed_conne
       10s));
   procs.track(next);
   std::filesystem::remove(fault);
-  ASSERT_TRUE(wait_until([&] { return count_lines(log, "rolling back: serving again") == 1; }, 5s))
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "rolled back: serving again") == 1; }, 5s))
       << read_file(log);
   ASSERT_TRUE(procs.wait_gone(load, 30s));
   // The timeline: [[ok, connect, reset_new, reset_reused, reset_mid, timeout, bad, malformed]].
@@ -694,7 +694,7 @@ TEST_F(http_server_test, new_process_stopped_on_purpose_during_probation_is_not_
   EXPECT_TRUE(procs.wait_gone(next, 10s));
   EXPECT_TRUE(procs.wait_gone(old, 10s)) << "the old process waited out all of its probation";
   EXPECT_EQ(count_lines(log, "is draining itself"), 1) << read_file(log);
-  EXPECT_EQ(count_lines(log, "rolling back"), 0) << read_file(log);
+  EXPECT_EQ(count_lines(log, "rolled back"), 0) << read_file(log);
 }
 
 // Every example starts, answers, and restarts with zero downtime.
