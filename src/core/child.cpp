@@ -112,7 +112,7 @@ std::error_code upgrader::impl::do_ready() {
   }
   if (watchdog_usec) next_watchdog = clock::now();
   served = true;
-  current.store(state::serving);
+  set_state(state::serving);
   return {};
 }
 

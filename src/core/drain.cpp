@@ -32,12 +32,13 @@ void upgrader::impl::do_shutdown(const std::string& what) {
   }
   log_pid(what + ".");
   if (upgrade) abort_upgrade();
+  if (queued) cancel_queued("shutting down");
   begin_drain(true);
 }
 
 void upgrader::impl::begin_drain(bool final) {
   final_shutdown = final;
-  current.store(state::draining);
+  set_state(state::draining);
   if (parent_channel) {
     // 'D': the old process, if still on probation, must not take our exit for a crash, and
     // sends no more connections. It closes its end on reading it; we keep reading until
@@ -189,7 +190,7 @@ void upgrader::impl::on_probation_child_exited() {
   finish_pending = false;
   for (drainable* d : targets)
     d->resume();
-  current.store(state::serving);
+  set_state(state::serving);
   if (!opts.pid_file.empty()) {
     if (auto ec = write_pid_file(opts.pid_file, pid)) {
       log_pid("can't write pid file " + opts.pid_file + ": " + ec.message());
@@ -265,8 +266,15 @@ bool upgrader::impl::on_parent_channel_readable() {
     }
     return true;
   }
-  // One message per read: the kernel does not merge a message carrying fds with the next.
+  // One message with fds per read: the kernel does not merge one with the next. 'U' carries
+  // none and may come in the same read as the 'C' after it.
   std::string_view data(buf, static_cast<std::size_t>(n));
+  if (!data.empty() && data[0] == protocol::kUpgradeAgain) {
+    while (!data.empty() && data[0] == protocol::kUpgradeAgain)
+      data.remove_prefix(1);
+    do_upgrade(std::nullopt, "Upgrade passed on by the old process");
+    if (data.empty() && fds.empty()) return true;
+  }
   if (data.size() < 2 || data[0] != protocol::kConnection ||
       data.size() != 2u + static_cast<unsigned char>(data[1]) || fds.size() != 1) {
     log_pid("connection hand-over: malformed message from the old process; ignoring it");

@@ -14,28 +14,111 @@
 namespace endless::core {
 
 void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> result,
-                                bool from_signal) {
+                                const std::string& what) {
   auto refuse = [&](std::error_code ec, const std::string& why) {
     log_pid(why);
     if (result) result->set_value(ec);
   };
-  const std::string what = from_signal ? "Received SIGHUP" : "Upgrade requested";
   switch (current.load()) {
     case state::starting:
       return refuse(errc::not_ready, what + ", but not ready yet; ignored.");
     case state::upgrading:
-      // Let the caller wait for the running upgrade's outcome.
+      // One upgrade at a time; the caller shares its outcome. The binary may have changed
+      // since the running one was started: its new process upgrades again once ready.
+      if (queued) {
+        if (result) queued->waiting.push_back(std::move(*result));
+        log_pid(what + ", but an upgrade is already waiting for an older generation; ignored.");
+        return;
+      }
       if (result && upgrade) upgrade->waiting.push_back(std::move(*result));
-      log_pid(what + ", but an upgrade is already running; ignored.");
+      if (upgrade && !upgrade->again) {
+        upgrade->again = true;
+        log_pid(what + " during an upgrade: new process " + std::to_string(upgrade->child.pid) +
+                " upgrades again once it is ready.");
+      } else {
+        log_pid(what + ", but an upgrade is already running and will be repeated; ignored.");
+      }
       return;
     case state::draining:
     case state::stopped:
+      if (!final_shutdown && pass_on_upgrade()) {
+        return refuse(errc::draining, what + " while draining: passed on to the new process.");
+      }
       return refuse(errc::draining, what + ", but already shutting down; ignored.");
     case state::serving:
       break;
   }
-  log_pid(what + ". forking.");
+  std::vector<std::promise<std::error_code>> waiting;
+  if (result) waiting.push_back(std::move(*result));
+  std::size_t alive = family.prune();
+  if (alive >= max_draining) {
+    // Our own drain would make one generation too many: wait for one to finish first.
+    notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_usec()));
+    queued =
+        queued_upgrade{what, std::move(waiting), clock::now() + opts.max_draining_wait, {}, {}};
+    set_state(state::upgrading);
+    log_pid(what + "; " + std::to_string(alive) +
+            " older generation(s) still alive (max_draining " + std::to_string(max_draining) +
+            "): upgrading once one exits, at the latest in " +
+            std::to_string(opts.max_draining_wait.count()) + " ms after hammering the oldest.");
+    return;
+  }
   notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_usec()));
+  start_upgrade(what, std::move(waiting));
+}
+
+void upgrader::impl::on_queued() {
+  auto now = clock::now();
+  queued_upgrade& q = *queued;
+  std::size_t alive = family.prune();
+  if (alive < max_draining || (q.give_up && now >= *q.give_up)) {
+    if (alive >= max_draining) {
+      log_pid(std::to_string(alive) +
+              " older generation(s) still alive after SIGUSR2 and SIGKILL; upgrading anyway.");
+    }
+    queued_upgrade taken = std::move(q);
+    queued.reset();
+    set_state(state::serving);
+    start_upgrade(taken.what + " (queued)", std::move(taken.waiting));
+    return;
+  }
+  if (!q.kill_at && now >= q.hammer_at) {
+    for (const auto& who : family.hammer_oldest(alive - max_draining + 1, SIGUSR2)) {
+      log_pid("hammering " + who + " early: " + std::to_string(alive) +
+              " older generations still alive, max_draining " + std::to_string(max_draining));
+    }
+    q.kill_at = now + std::chrono::seconds(2);
+  } else if (q.kill_at && !q.give_up && now >= *q.kill_at) {
+    for (const auto& who : family.kill_hammered())
+      log_pid(who + " did not exit 2000 ms after SIGUSR2; killing it");
+    q.give_up = now + std::chrono::seconds(2);
+  }
+}
+
+void upgrader::impl::cancel_queued(const std::string& why) {
+  log_pid("queued upgrade cancelled: " + why);
+  auto waiting = std::move(queued->waiting);
+  queued.reset();
+  set_state(state::serving);
+  for (auto& w : waiting)
+    w.set_value(errc::aborted);
+}
+
+bool upgrader::impl::pass_on_upgrade() {
+  std::lock_guard lock(handover_mu);
+  if (!child_channel) return false;
+  char u = protocol::kUpgradeAgain;
+  return ::send(child_channel.get(), &u, 1, MSG_NOSIGNAL | MSG_DONTWAIT) == 1;
+}
+
+void upgrader::impl::start_upgrade(const std::string& what,
+                                   std::vector<std::promise<std::error_code>> waiting) {
+  auto refuse = [&](std::error_code ec, const std::string& why) {
+    log_pid(why);
+    for (auto& w : waiting)
+      w.set_value(ec);
+  };
+  log_pid(what + ". forking.");
   // The new process could not even be started: count it, end systemd's reload, say why.
   auto cant_start = [&](std::error_code ec, const std::string& why) {
     failed_upgrades++;
@@ -62,6 +145,9 @@ void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> res
   }
   req.ready_fd = theirs.get();
   req.generation = generation + 1;
+  req.table_fd = family.table_fd();
+  for (const auto& e : family.for_child())
+    req.elders.push_back({e.generation, e.pid, e.pidfd});
   req.notify_socket = systemd.path();
   req.watchdog_usec = watchdog_usec;
   spawned child;
@@ -71,9 +157,9 @@ void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> res
   u.child = std::move(child);
   u.channel = std::move(ours);
   u.deadline = clock::now() + opts.upgrade_timeout;
-  if (result) u.waiting.push_back(std::move(*result));
+  u.waiting = std::move(waiting);
   upgrade = std::move(u);
-  current.store(state::upgrading);
+  set_state(state::upgrading);
   log_pid("started new process " + std::to_string(upgrade->child.pid) +
           ", waiting for it to be ready");
 }
@@ -114,6 +200,13 @@ void upgrader::impl::on_channel_readable() {
     fail_upgrade(errc::child_exited,
                  "new process " + std::to_string(child) + " went away during the hand-over");
     return;
+  }
+  if (upgrade->again) {
+    // Asked for again during this upgrade: the new process repeats it (protocol 'U').
+    char u = protocol::kUpgradeAgain;
+    if (::send(upgrade->channel.get(), &u, 1, MSG_NOSIGNAL) == 1) {
+      log_pid("passing the upgrade asked for meanwhile on to new process " + std::to_string(child));
+    }
   }
   notify("MAINPID=" + std::to_string(child) + "\nREADY=1");
   upgrades++;
@@ -160,7 +253,7 @@ void upgrader::impl::fail_upgrade(std::error_code ec, const std::string& why) {
   failed_upgrades++;
   log_pid("upgrade failed: " + reason + "; still serving.");
   auto waiting = end_upgrade();
-  current.store(state::serving);
+  set_state(state::serving);
   notify("READY=1\nSTATUS=upgrade failed: " + reason);
   for (auto& w : waiting)
     w.set_value(ec);
@@ -172,7 +265,7 @@ void upgrader::impl::abort_upgrade() {
           status);
   failed_upgrades++;
   auto waiting = end_upgrade();
-  current.store(state::serving);
+  set_state(state::serving);
   for (auto& w : waiting)
     w.set_value(errc::aborted);
 }

@@ -12,6 +12,10 @@
 //   ENDLESS_GENERATION=<g>  how many upgrades led to this process
 //   ENDLESS_FD_OWNED=0110   per fd, '1' when this lineage created a unix socket path and
 //                           must unlink it on a final shutdown ('0': systemd owns it)
+//   ENDLESS_TABLE=<fd>      the generation table (lineage.hpp): a sealed memfd shared by
+//                           every process of the lineage (3+n+1)
+//   ENDLESS_ELDERS=g/p/fd,...  the older generations still alive when we were started,
+//                           oldest first: generation, pid, and a pidfd of it (3+n+2..)
 //   NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID=<new pid>   systemd's, passed on
 //
 // Readiness handshake on ENDLESS_READY_FD:
@@ -30,6 +34,10 @@
 // Before its 'R' the new process names each listener whose connections it takes: 'T', one
 // length byte N, N bytes of the listener's local address. The old process hands over only
 // those (with the hand-over off, or no server that takes them, it names none).
+// Upgrade again, old -> new, after 'A': 'U' (one byte, no fd). An upgrade was asked of the
+// old process after it had started this one (SIGHUP during the upgrade, or while draining):
+// the new process upgrades once more, so that the binary on disk at the last request is the
+// one that ends up serving. It may arrive in the same read as a following 'C' message.
 // Connection hand-over, old -> new, after 'A' and until the new process sends 'D': messages
 // of 'C', one length byte N (1..255), N bytes of the listener's local address, with exactly
 // one fd in SCM_RIGHTS (an idle HTTP/1.1 keep-alive connection, nothing of its next request
@@ -50,6 +58,7 @@ inline constexpr char kAck = 'A';
 inline constexpr char kDraining = 'D';
 inline constexpr char kConnection = 'C';
 inline constexpr char kTakes = 'T';
+inline constexpr char kUpgradeAgain = 'U';
 inline constexpr int kFirstFd = 3;  // SD_LISTEN_FDS_START
 
 inline constexpr const char* kListenFds = "LISTEN_FDS";
@@ -59,12 +68,14 @@ inline constexpr const char* kProtocol = "ENDLESS_PROTOCOL";
 inline constexpr const char* kReadyFd = "ENDLESS_READY_FD";
 inline constexpr const char* kGeneration = "ENDLESS_GENERATION";
 inline constexpr const char* kFdOwned = "ENDLESS_FD_OWNED";
+inline constexpr const char* kTable = "ENDLESS_TABLE";
+inline constexpr const char* kElders = "ENDLESS_ELDERS";
 inline constexpr const char* kNotifySocket = "NOTIFY_SOCKET";
 inline constexpr const char* kWatchdogUsec = "WATCHDOG_USEC";
 inline constexpr const char* kWatchdogPid = "WATCHDOG_PID";
 
 inline constexpr const char* kAllVariables[] = {
-    kListenFds,  kListenPid, kListenFdNames, kProtocol,     kReadyFd,
-    kGeneration, kFdOwned,   kNotifySocket,  kWatchdogUsec, kWatchdogPid};
+    kListenFds, kListenPid,    kListenFdNames, kProtocol,    kReadyFd, kGeneration,
+    kFdOwned,   kNotifySocket, kWatchdogUsec,  kWatchdogPid, kTable,   kElders};
 
 }  // namespace endless::core::protocol

@@ -82,7 +82,10 @@ int pidfd_kill(int pidfd) {
 std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) {
   const int n = static_cast<int>(req.fds.size());
   const int ready_target = protocol::kFirstFd + n;
-  const int staging_floor = ready_target + 1;  // nothing the child dup2()s over
+  const int table_target = req.table_fd >= 0 ? ready_target + 1 : -1;
+  const int elders_target = ready_target + (req.table_fd >= 0 ? 2 : 1);
+  const int elders_count = static_cast<int>(req.elders.size());
+  const int staging_floor = elders_target + elders_count;  // nothing the child dup2()s over
 
   // Stage every fd the child needs above the targets, so dup2 in the child cannot clobber
   // a source it still has to copy.
@@ -94,6 +97,22 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
       why = "can't start new process: dup of '" + fd.name + "': " + ec.message();
       return ec;
     }
+  }
+  unique_fd table;
+  if (req.table_fd >= 0) table.reset(::fcntl(req.table_fd, F_DUPFD_CLOEXEC, staging_floor));
+  std::vector<unique_fd> elders;
+  for (const auto& e : req.elders) {
+    elders.emplace_back(::fcntl(e.pidfd, F_DUPFD_CLOEXEC, staging_floor));
+    if (!elders.back()) {
+      std::error_code ec = last_error();
+      why = "can't start new process: dup of a pidfd: " + ec.message();
+      return ec;
+    }
+  }
+  if (req.table_fd >= 0 && !table) {
+    std::error_code ec = last_error();
+    why = "can't start new process: dup of the generation table: " + ec.message();
+    return ec;
   }
   unique_fd ready(::fcntl(req.ready_fd, F_DUPFD_CLOEXEC, staging_floor));
   int err_pipe[2];
@@ -128,6 +147,18 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
   vars.push_back(std::string(protocol::kProtocol) + "=" + std::to_string(protocol::kVersion));
   vars.push_back(std::string(protocol::kReadyFd) + "=" + std::to_string(ready_target));
   vars.push_back(std::string(protocol::kGeneration) + "=" + std::to_string(req.generation));
+  if (table_target >= 0) {
+    vars.push_back(std::string(protocol::kTable) + "=" + std::to_string(table_target));
+  }
+  if (elders_count > 0) {
+    std::string list;
+    for (int i = 0; i < elders_count; ++i) {
+      const auto& e = req.elders[static_cast<std::size_t>(i)];
+      list += (i ? "," : "") + std::to_string(e.generation) + "/" + std::to_string(e.pid) + "/" +
+              std::to_string(elders_target + i);
+    }
+    vars.push_back(std::string(protocol::kElders) + "=" + list);
+  }
   if (!req.notify_socket.empty()) {
     vars.push_back(std::string(protocol::kNotifySocket) + "=" + req.notify_socket);
   }
@@ -169,6 +200,10 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
       if (::dup2(staged[i].get(), protocol::kFirstFd + i) < 0) goto fail;
     }
     if (::dup2(ready.get(), ready_target) < 0) goto fail;
+    if (table_target >= 0 && ::dup2(table.get(), table_target) < 0) goto fail;
+    for (int i = 0; i < elders_count; ++i) {
+      if (::dup2(elders[static_cast<std::size_t>(i)].get(), elders_target + i) < 0) goto fail;
+    }
     ::execve(exe, argv.data(), envp.data());
   fail:
     int e = errno;

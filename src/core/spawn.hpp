@@ -1,5 +1,6 @@
 // Starting the new process of an upgrade (internal): fork + exec with the handed-over fds
-// at 3.., the readiness channel after them and the protocol variables (protocol.hpp).
+// at 3.., the readiness channel, the generation table and the elders' pidfds after them,
+// and the protocol variables (protocol.hpp).
 // Everything is prepared before fork; between fork and exec the child makes only
 // async-signal-safe calls. An exec failure comes back through a CLOEXEC pipe, so a missing
 // or non-executable binary is reported at once with its errno.
@@ -23,6 +24,13 @@ struct spawn_request {
   std::vector<registry::handover_fd> fds;  // duplicates owned by the request
   int ready_fd = -1;                       // the child's end of the readiness channel
   std::uint64_t generation = 0;
+  int table_fd = -1;  // the generation table, or -1 (lineage.hpp)
+  struct elder {
+    std::uint64_t generation;
+    pid_t pid;
+    int pidfd;
+  };
+  std::vector<elder> elders;  // oldest first; the fds stay the caller's
   std::string notify_socket;
   std::uint64_t watchdog_usec = 0;
 };

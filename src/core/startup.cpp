@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdlib>
@@ -49,6 +50,42 @@ std::string read_file(const char* path) {
   }
   ::close(fd);
   return out;
+}
+
+// ENDLESS_TABLE and ENDLESS_ELDERS ("g/pid/fd,..."): all or nothing. The fds are above the
+// standard streams; elders are older than us, oldest first, and no fd is named twice.
+void parse_lineage(const getenv_fn& getenv, startup_env& env) {
+  namespace p = protocol;
+  int table = -1;
+  if (const char* t = getenv(p::kTable)) {
+    if (parse_number(t, table) && table >= p::kFirstFd && table != env.ready_fd) {
+      env.table_fd = table;
+    } else {
+      env.notes.push_back(std::string("ignoring ENDLESS_TABLE='") + t + "': not an fd");
+    }
+  }
+  const char* text = getenv(p::kElders);
+  if (!text || !*text) return;
+  std::vector<inherited_elder> elders;
+  std::vector<int> fds{env.ready_fd, env.table_fd};
+  for (const auto& item : split(text, ',')) {
+    auto parts = split(item, '/');
+    inherited_elder e;
+    bool ok = parts.size() == 3 && parse_number(parts[0].c_str(), e.generation) &&
+              parse_number(parts[1].c_str(), e.pid) && e.pid > 0 &&
+              parse_number(parts[2].c_str(), e.pidfd) && e.pidfd >= p::kFirstFd &&
+              e.generation < env.generation &&
+              (elders.empty() || elders.back().generation < e.generation) &&
+              std::find(fds.begin(), fds.end(), e.pidfd) == fds.end();
+    if (!ok) {
+      env.notes.push_back(std::string("ignoring ENDLESS_ELDERS='") + text +
+                          "': not a list of generation/pid/fd");
+      return;
+    }
+    fds.push_back(e.pidfd);
+    elders.push_back(e);
+  }
+  env.elders = std::move(elders);
 }
 
 }  // namespace
@@ -111,6 +148,8 @@ startup_env parse_startup_env(const getenv_fn& getenv, pid_t self) {
     int ready = -1;
     if (parse_number(getenv(p::kReadyFd), ready) && ready >= 0) env.ready_fd = ready;
   }
+  // Parsed even when refused, so that they are closed rather than leaked.
+  if (env.from_parent) parse_lineage(getenv, env);
 
   const char* fds_text = getenv(p::kListenFds);
   if (!fds_text) return env;
@@ -179,8 +218,16 @@ process_start take_snapshot() {
     for (const auto& fd : s.env.fds)
       ::close(fd.fd);
     s.env.fds.clear();
+    if (s.env.table_fd >= 0) ::close(s.env.table_fd);
+    s.env.table_fd = -1;
+    for (const auto& e : s.env.elders)
+      ::close(e.pidfd);
+    s.env.elders.clear();
   }
   if (s.env.ready_fd >= 0) ::fcntl(s.env.ready_fd, F_SETFD, FD_CLOEXEC);
+  if (s.env.table_fd >= 0) ::fcntl(s.env.table_fd, F_SETFD, FD_CLOEXEC);
+  for (const auto& e : s.env.elders)
+    ::fcntl(e.pidfd, F_SETFD, FD_CLOEXEC);
   for (const char* name : protocol::kAllVariables)
     ::unsetenv(name);
 

@@ -23,11 +23,20 @@ struct inherited_fd {
   bool owns_path = false;  // see ENDLESS_FD_OWNED
 };
 
+// An older generation of this lineage, alive when the parent started us (ENDLESS_ELDERS).
+struct inherited_elder {
+  std::uint64_t generation = 0;
+  pid_t pid = 0;
+  int pidfd = -1;
+};
+
 struct startup_env {
   bool from_parent = false;  // started by an endless upgrade (not by systemd or a shell)
   std::vector<inherited_fd> fds;
   int ready_fd = -1;
   std::uint64_t generation = 0;
+  int table_fd = -1;                    // ENDLESS_TABLE (from an endless parent only)
+  std::vector<inherited_elder> elders;  // ENDLESS_ELDERS, oldest first
   std::string notify_socket;
   std::uint64_t watchdog_usec = 0;
   std::error_code error;           // the inheritance was refused (e.g. protocol mismatch)

@@ -73,6 +73,11 @@ upgrader::impl::impl(options o) : opts(std::move(o)), pid(::getpid()) {
   watchdog_usec = env.watchdog_usec;
   generation = env.generation;
   has_parent = env.from_parent && !env.error;
+  max_draining = static_cast<std::size_t>(
+      std::clamp(opts.max_draining, 1, static_cast<int>(lineage::kSlots) - 2));
+  std::string note;
+  family.init(startup().env, pid, generation, note);
+  if (!note.empty()) startup().env.notes.push_back(note);
 }
 
 void upgrader::impl::log(std::string_view line) const {
@@ -133,7 +138,7 @@ void upgrader::impl::on_signal(int signo) {
   run_hooks(hook::pre_signal, signo);
   switch (signo) {
     case SIGHUP:
-      do_upgrade(std::nullopt, true);
+      do_upgrade(std::nullopt, "Received SIGHUP");
       break;
     case SIGINT:
     case SIGTERM:
@@ -146,6 +151,7 @@ void upgrader::impl::on_signal(int signo) {
       }
       log_pid("Received SIGUSR2.");
       do_hammer();
+      if (probation) end_probation("hammered");
       break;
     default:
       break;  // SIGUSR1, SIGTSTP: hooks only
@@ -162,6 +168,10 @@ std::optional<int> upgrader::impl::poll_timeout_ms() const {
   consider(hammer_at);
   consider(next_watchdog);
   if (probation) consider(probation->until);
+  if (queued) {
+    consider(queued->kill_at ? (queued->give_up ? queued->give_up : queued->kill_at)
+                             : std::optional<clock::time_point>(queued->hammer_at));
+  }
   consider(channel_wait_until);
   if (!next) return std::nullopt;
   auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
@@ -179,6 +189,7 @@ void upgrader::impl::on_timers() {
   if (channel_wait_until && now >= *channel_wait_until) finish();
   if (probation && now >= probation->until)
     end_probation("its " + std::to_string(opts.probation.count()) + " ms are up");
+  if (queued) on_queued();
   if (next_watchdog && now >= *next_watchdog) {
     state s = current.load();
     // After a hand-over the new process pings; a final drain still owes systemd pings.
@@ -193,7 +204,7 @@ void upgrader::impl::on_timers() {
 
 void upgrader::impl::loop() {
   for (;;) {
-    pollfd fds[7];
+    pollfd fds[8 + lineage::kSlots];
     int n = 0;
     fds[n++] = {box->wake.get(), POLLIN, 0};
     int sig_at = -1, channel_at = -1, child_at = -1;
@@ -220,6 +231,12 @@ void upgrader::impl::loop() {
     if (parent_channel) {
       parent_channel_at = n;
       fds[n++] = {parent_channel.get(), POLLIN, 0};
+    }
+    // A queued upgrade goes on when an older generation exits (on_timers() looks).
+    if (queued) {
+      for (int fd : family.elder_pidfds()) {
+        if (n < static_cast<int>(std::size(fds))) fds[n++] = {fd, POLLIN, 0};
+      }
     }
     auto timeout = poll_timeout_ms();
     int rc = ::poll(fds, static_cast<nfds_t>(n), timeout ? *timeout : -1);
@@ -268,7 +285,7 @@ void upgrader::impl::loop() {
     if (drained && current.load() != state::stopped) {
       {
         std::lock_guard lock(mu);
-        current.store(state::stopped);
+        set_state(state::stopped);
       }
       stopped_cv.notify_all();
     }
@@ -282,13 +299,14 @@ bool upgrader::impl::run(command& c) {
       c.result.set_value(do_ready());
       break;
     case kind::upgrade:
-      do_upgrade(std::move(c.result), false);
+      do_upgrade(std::move(c.result), "Upgrade requested");
       break;
     case kind::shutdown:
       do_shutdown("Shutdown requested");
       break;
     case kind::hammer:
       if (current.load() == state::draining) do_hammer();
+      if (probation) end_probation("hammered");
       break;
     case kind::drained:
       on_service_drained(c.from, c.drain);
@@ -501,6 +519,12 @@ std::uint64_t upgrader::upgrades() const noexcept {
 }
 std::uint64_t upgrader::failed_upgrades() const noexcept {
   return impl_->failed_upgrades.load();
+}
+std::vector<generation_info> upgrader::generations() const {
+  return impl_->family.snapshot();
+}
+void upgrader::add_connections(std::int64_t delta) noexcept {
+  impl_->family.add_connections(delta);
 }
 void upgrader::log(std::string_view line) const {
   impl_->log(line);

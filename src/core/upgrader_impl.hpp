@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "endless/core/upgrader.hpp"
+#include "lineage.hpp"
 #include "sd_notify.hpp"
 #include "signals.hpp"
 #include "spawn.hpp"
@@ -36,6 +37,8 @@ struct upgrader::impl {
   std::uint64_t watchdog_usec = 0;
   std::uint64_t generation = 0;
   bool has_parent = false;
+  std::size_t max_draining = kDefaultMaxDraining;  // opts.max_draining, clamped
+  lineage family;                                  // the older generations, the shared table
 
   // --- guarded by mu
   std::mutex mu;
@@ -76,8 +79,18 @@ struct upgrader::impl {
     std::vector<std::string> takes;  // listeners named by its 'T' messages
     clock::time_point deadline;
     std::vector<std::promise<std::error_code>> waiting;
+    bool again = false;  // asked for again meanwhile: 'U' to it once it is ready
   };
   std::optional<upgrade_in_flight> upgrade;
+  // An upgrade waiting for an older generation to exit (options::max_draining).
+  struct queued_upgrade {
+    std::string what;  // how it was asked for, for the log
+    std::vector<std::promise<std::error_code>> waiting;
+    clock::time_point hammer_at;               // then SIGUSR2 to the oldest
+    std::optional<clock::time_point> kill_at;  // then SIGKILL to those hammered
+    std::optional<clock::time_point> give_up;  // then start anyway
+  };
+  std::optional<queued_upgrade> queued;
   // After a hand-over: the new process, watched until `until` (options::probation).
   struct probation_watch {
     spawned child;
@@ -109,6 +122,11 @@ struct upgrader::impl {
 
   // upgrader.cpp
   void post(command c) { box->post(std::move(c)); }
+  // current, and this process's slot in the generation table.
+  void set_state(state s) noexcept {
+    current.store(s);
+    family.publish_state(s);
+  }
   void loop();
   // Runs one command; false for quit.
   bool run(command& c);
@@ -125,7 +143,14 @@ struct upgrader::impl {
   std::error_code do_ready();
 
   // parent.cpp
-  void do_upgrade(std::optional<std::promise<std::error_code>> result, bool from_signal);
+  void do_upgrade(std::optional<std::promise<std::error_code>> result, const std::string& what);
+  // Forks and execs the new process (the older generations are within bounds).
+  void start_upgrade(const std::string& what, std::vector<std::promise<std::error_code>> waiting);
+  // A queued upgrade: an elder exited or a deadline passed.
+  void on_queued();
+  void cancel_queued(const std::string& why);
+  // (draining) An upgrade asked of us goes to our new process ('U'); false: none to take it.
+  bool pass_on_upgrade();
   void on_channel_readable();
   void on_child_exited();
   void fail_upgrade(std::error_code ec, const std::string& why);

@@ -743,6 +743,7 @@ bool on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len, b
     l.link(c);
   }
   ++l.conn_count;
+  if (l.srv->up) l.srv->up->add_connections(1);
   l.srv->state_changed(*c, conn_state::created);
   if (l.srv->tls) {
     auto* t = new tls_conn;
@@ -892,6 +893,7 @@ void close_connection(loop& l, connection& c) {
   // may still point here and find it closed.
   l.graveyard.push_back(&c);
   --l.conn_count;
+  if (l.srv->up) l.srv->up->add_connections(-1);
   check_drained(l);
 }
 

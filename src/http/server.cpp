@@ -135,6 +135,11 @@ server& server::h2c(bool on) {
   return *this;
 }
 
+std::vector<core::generation_info> server::generations() const {
+  core::upgrader* up = impl_->st.up;
+  return up ? up->generations() : std::vector<core::generation_info>{};
+}
+
 bool server::reload_certificates(std::error_code& ec) noexcept {
   ec.clear();
   server_state& st = impl_->st;
@@ -694,6 +699,8 @@ int serve(std::initializer_list<server*> servers) {
   o.hammer_time = first.hammer_time;
   o.upgrade_timeout = first.upgrade_timeout;
   o.probation = first.probation;
+  o.max_draining = first.max_draining;
+  o.max_draining_wait = first.max_draining_wait;
   o.pid_file = first.pid_file;
   o.log = first.log;
   std::vector<server::impl*> started;

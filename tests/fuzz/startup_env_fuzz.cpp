@@ -2,13 +2,15 @@
 // LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, ENDLESS_*, NOTIFY_SOCKET, WATCHDOG_*), which reads
 // them through a getenv function, and for the fd-name encoding. Checks: fds only when
 // LISTEN_FDS is a count and LISTEN_PID is us, numbered from 3, one name per fd; a refused
-// inheritance keeps no readiness channel; path ownership only from an endless parent;
+// inheritance keeps no readiness channel; path ownership only from an endless parent; the
+// generation table and elders only from an endless parent, elders older than us, oldest
+// first, on distinct fds above the standard streams;
 // decode(encode(name)) == name; and the contract with spawn.cpp: names encoded and joined
 // with ':' come back exactly, with their ownership flags.
 //
 // Input: two bytes of flags, then the values separated by NUL (environment values hold no
-// NUL). Flags: bit i of the first byte and bits 0-1 of the second: variable i of
-// protocol::kAllVariables is set (to the next value); bit 2 of the second: LISTEN_PID is
+// NUL). Flags: bit i of the first byte and bits 0-3 of the second: variable i of
+// protocol::kAllVariables is set (to the next value); bit 4 of the second: LISTEN_PID is
 // this process's pid whatever the value says.
 #include <charconv>
 #include <cstddef>
@@ -36,7 +38,7 @@ namespace {
 
 constexpr pid_t kSelf = 4242;
 constexpr std::size_t kVariables = std::size(protocol::kAllVariables);
-static_assert(kVariables == 10);
+static_assert(kVariables == 12);
 
 struct fake_env {
   std::vector<std::pair<std::string, std::string>> vars;
@@ -59,6 +61,16 @@ void check_invariants(const fake_env& e, const startup_env& env) {
   if (env.error) CHECK(env.from_parent && env.ready_fd == -1);
   CHECK(env.ready_fd >= -1);
   if (env.watchdog_usec > 0) CHECK(e.has(p::kWatchdogUsec));
+  if (env.table_fd >= 0) CHECK(env.from_parent && e.has(p::kTable) && env.table_fd >= 3);
+  if (!env.elders.empty()) CHECK(env.from_parent && e.has(p::kElders));
+  for (std::size_t i = 0; i < env.elders.size(); ++i) {
+    const inherited_elder& el = env.elders[i];
+    CHECK(el.generation < env.generation && el.pid > 0 && el.pidfd >= 3);
+    CHECK(el.pidfd != env.ready_fd && el.pidfd != env.table_fd);
+    if (i > 0) CHECK(env.elders[i - 1].generation < el.generation);
+    for (std::size_t j = 0; j < i; ++j)
+      CHECK(env.elders[j].pidfd != el.pidfd);
+  }
   if (!e.has(p::kNotifySocket)) CHECK(env.notify_socket.empty());
   if (!env.fds.empty()) {
     CHECK(e.has(p::kListenFds) && e.has(p::kListenPid));
@@ -119,7 +131,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::string_view v = next < values.size() ? values[next++] : std::string_view();
     e.vars.emplace_back(p::kAllVariables[i], std::string(v));
   }
-  if (flags & (1u << 10)) {
+  if (flags & (1u << 12)) {
     std::erase_if(e.vars, [](const auto& kv) { return kv.first == p::kListenPid; });
     e.vars.emplace_back(p::kListenPid, std::to_string(kSelf));
   }
@@ -137,7 +149,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   startup_env again = parse(e);
   CHECK(again.fds.size() == env.fds.size() && again.notes == env.notes &&
         again.ready_fd == env.ready_fd && again.generation == env.generation &&
-        again.error == env.error);
+        again.error == env.error && again.table_fd == env.table_fd &&
+        again.elders.size() == env.elders.size());
 
   // Every value is also a name to carry across an upgrade.
   std::vector<std::string> names;
@@ -156,11 +169,31 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                  {p::kListenFdNames, joined},
                  {p::kProtocol, std::to_string(p::kVersion)},
                  {p::kReadyFd, std::to_string(3 + names.size())},
-                 {p::kFdOwned, owned}};
+                 {p::kFdOwned, owned},
+                 {p::kGeneration, std::to_string(names.size() + 1)}};
+  // The lineage as spawn.cpp writes it: the table, then one elder per name (pids and
+  // generations from the flags), on the fds after the readiness channel.
+  if (!names.empty()) {
+    const std::size_t table = 4 + names.size();
+    std::string elders;
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      elders += (i ? "," : "") + std::to_string(i) + "/" +
+                std::to_string(100 + (flags & 0xff) + i) + "/" + std::to_string(table + 1 + i);
+    }
+    handed.vars.emplace_back(p::kTable, std::to_string(table));
+    handed.vars.emplace_back(p::kElders, elders);
+  }
   startup_env child = parse(handed);
   check_invariants(handed, child);
   CHECK(!child.error && child.from_parent && child.fds.size() == names.size());
   CHECK(child.ready_fd == static_cast<int>(3 + names.size()));
+  CHECK(child.generation == names.size() + 1);
+  CHECK(child.elders.size() == names.size());
+  if (!names.empty()) CHECK(child.table_fd == static_cast<int>(4 + names.size()));
+  for (std::size_t i = 0; i < child.elders.size(); ++i) {
+    CHECK(child.elders[i].generation == i);
+    CHECK(child.elders[i].pidfd == static_cast<int>(5 + names.size() + i));
+  }
   for (std::size_t i = 0; i < names.size(); ++i) {
     CHECK(child.fds[i].name == names[i]);
     CHECK(child.fds[i].owns_path == (owned[i] == '1'));

@@ -2,7 +2,8 @@
 //   --addr A (repeatable: several servers from one binary)  --pidfile F  --threads N
 //   --read-header-timeout-ms N  --idle-timeout-ms N  --write-timeout-ms N
 //   --max-body N  --hammer-time S  --drain-grace-ms N  --read-timeout-ms N  --log-states 1
-//   --defer-accept 0|1  --probation-ms N  --hand-over 0|1
+//   --defer-accept 0|1  --probation-ms N  --hand-over 0|1  --max-draining N
+//   --max-draining-wait-ms N  --start-delay-ms N (sleeps before serving)
 //   --fault-file F: read at start; "crash-after-ready" makes this process crash (SIGSEGV)
 //   1 s after it is ready, i.e. after the pid file names it (needs --pidfile);
 //   "no-hand-over" turns hand_over_idle off in this process.
@@ -15,6 +16,7 @@
 //         /reload (server::reload_certificates(): 200, or 500 with the reason)
 //         /cookie (the request's Cookie field) /poison (leaves an OpenSSL error queued)
 //         /oom (the handler runs out of memory: std::bad_alloc)
+//         /generations (a line per generation alive: generation pid state connections [self])
 #include <unistd.h>
 
 #include <csignal>
@@ -38,6 +40,7 @@ int main(int argc, char** argv) {
   bool log_states = false;
   std::string sni_cert;
   std::string fault_file;
+  milliseconds start_delay{0};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string f = argv[i], v = argv[i + 1];
     if (f == "--addr") {
@@ -92,6 +95,12 @@ int main(int argc, char** argv) {
       o.max_header_bytes = std::stoull(v);
     } else if (f == "--probation-ms") {
       o.probation = milliseconds(std::stoll(v));
+    } else if (f == "--max-draining") {
+      o.max_draining = std::stoi(v);
+    } else if (f == "--max-draining-wait-ms") {
+      o.max_draining_wait = milliseconds(std::stoll(v));
+    } else if (f == "--start-delay-ms") {
+      start_delay = milliseconds(std::stoll(v));
     } else if (f == "--fault-file") {
       fault_file = v;
     } else if (f == "--hand-over") {
@@ -191,6 +200,15 @@ int main(int argc, char** argv) {
   // A handler that runs out of memory for one request. Thrown rather than provoked: a real
   // huge allocation aborts under ASan instead of throwing, and may succeed under overcommit.
   r.get("/oom", [](const http::request&, http::response&) -> void { throw std::bad_alloc(); });
+  r.get("/generations", [&first](const http::request&, http::response& res) {
+    std::string out;
+    for (const auto& g : first->generations()) {
+      out += std::to_string(g.generation) + " " + std::to_string(g.pid) + " " +
+             endless::core::to_string(g.current) + " " + std::to_string(g.connections) +
+             (g.self ? " self" : "") + "\n";
+    }
+    res.text(out);
+  });
   auto with_pid = [&](const http::request& req, http::response& res) {
     res.header("X-Pid", pid);
     r(req, res);
@@ -216,6 +234,7 @@ int main(int argc, char** argv) {
     }
   }
   first = servers[0].get();
+  std::this_thread::sleep_for(start_delay);  // a slow start: upgrades asked for meanwhile
   if (servers.size() == 1) return http::serve({servers[0].get()});
   return http::serve({servers[0].get(), servers[1].get()});
 }

@@ -18,6 +18,8 @@ using log_sink = std::function<void(std::string_view line)>;
 inline constexpr std::chrono::milliseconds kDefaultUpgradeTimeout = 60s;
 inline constexpr std::chrono::milliseconds kDefaultHammerTime = 60s;
 inline constexpr std::chrono::milliseconds kDefaultProbation = 5s;
+inline constexpr int kDefaultMaxDraining = 2;
+inline constexpr std::chrono::milliseconds kDefaultMaxDrainingWait = 5s;
 
 struct options {
   // How long a new process may take to call ready() before it is killed and the upgrade
@@ -31,6 +33,13 @@ struct options {
   // the old one accepts again at once, rewrites the pid file and tells systemd. The old
   // process exits at the end of its drain or of the probation, whichever is later. 0: off.
   std::chrono::milliseconds probation = kDefaultProbation;
+  // Back-to-back upgrades: at most this many older generations (draining, or on probation)
+  // besides the serving process, so at most max_draining + 1 processes (1..14). An upgrade
+  // that would exceed it waits for one of them to exit, at most max_draining_wait, then the
+  // oldest is hammered early (SIGUSR2, logged) and the upgrade goes on once it is gone.
+  // Waiting first lets requests in flight there finish; 0: hammer at once.
+  int max_draining = kDefaultMaxDraining;
+  std::chrono::milliseconds max_draining_wait = kDefaultMaxDrainingWait;
   // Written (atomically) by whichever process is serving; empty for none.
   std::string pid_file;
   // Empty: stderr, prefixed with the date and time like Go's log package.

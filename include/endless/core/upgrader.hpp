@@ -7,6 +7,12 @@
 //                            +--- new process failed (killed, counted) ----------+--> stopped
 //   serving/starting --SIGINT/SIGTERM--> draining (final: no new process)
 //
+// Back-to-back upgrades: each process knows the older generations still alive. An upgrade
+// that would leave more than options::max_draining of them draining waits (upgrading, no
+// new process yet) for one to exit, at most options::max_draining_wait; then the oldest is
+// hammered early (SIGUSR2) and the upgrade goes on once it is gone. An upgrade asked for
+// while one is running is passed on to the new process once it is ready (protocol 'U').
+//
 // Servers (anything that accepts connections) attach as `drainable`s; when the drain
 // begins each is told to stop accepting and to finish its connections, and reports back
 // through a callback; the hammer force-closes whatever is left. Listening sockets come from
@@ -27,6 +33,7 @@
 #include <memory>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 #include "endless/core/options.hpp"
 #include "endless/core/registry.hpp"
@@ -77,6 +84,15 @@ inline constexpr hook post_signal = hook::post_signal;
 enum class state { starting, serving, upgrading, draining, stopped };
 const char* to_string(state s) noexcept;
 
+// One process of this service's lineage (upgrader::generations()).
+struct generation_info {
+  std::uint64_t generation = 0;  // upgrades that led to it
+  pid_t pid = 0;
+  state current = state::starting;
+  std::int64_t connections = 0;  // open connections, as its servers report them
+  bool self = false;             // this process
+};
+
 class upgrader {
  public:
   // Installs the signal handlers and starts the upgrader's thread. Throws std::system_error
@@ -110,9 +126,9 @@ class upgrader {
   void ready(std::error_code& ec) noexcept;
 
   // Starts an upgrade, as SIGHUP does. The future holds {} once the new process is ready
-  // and this one has begun draining,
-  // or why it failed (errc::child_exited, ready_timeout, exec_failed, already_upgrading,
-  // draining, not_ready).
+  // and this one has begun draining (after waiting for an older generation, see above),
+  // or why it failed (errc::child_exited, ready_timeout, exec_failed, draining, not_ready,
+  // aborted).
   std::future<std::error_code> upgrade();
   // Graceful shutdown, as SIGTERM does.
   void shutdown();
@@ -140,6 +156,13 @@ class upgrader {
   bool can_hand_over() const noexcept;
   std::uint64_t handed_over() const noexcept;  // connections passed on by this process
   std::uint64_t adopted() const noexcept;      // connections taken from the old process
+
+  // This process and the older generations of it still alive (draining, or on probation),
+  // oldest first, read from a table the processes share (lineage.hpp). Any thread.
+  std::vector<generation_info> generations() const;
+  // Servers report their connections here (+1 when one opens or is adopted, -1 when it
+  // closes or is handed over), for generations() in whichever process serves. Lock-free.
+  void add_connections(std::int64_t delta) noexcept;
 
   // Writes to the configured log sink.
   void log(std::string_view line) const;

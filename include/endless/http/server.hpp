@@ -106,6 +106,10 @@ struct server_options {
   // After a hand-over, how long the old process stands by to take the service back if the
   // new one crashes (core::options::probation); 0: off.
   std::chrono::milliseconds probation = core::kDefaultProbation;
+  // Back-to-back upgrades (core::options::max_draining, max_draining_wait): at most this
+  // many older generations alive; an upgrade beyond waits for one, then hammers the oldest.
+  int max_draining = core::kDefaultMaxDraining;
+  std::chrono::milliseconds max_draining_wait = core::kDefaultMaxDrainingWait;
   std::string pid_file;
   core::log_sink log;  // empty: stderr
   tls_options tls;
@@ -148,6 +152,10 @@ class server {
   // Call while serving (from any thread).
   void reload_certificates();
   bool reload_certificates(std::error_code& ec) noexcept;
+
+  // While serving: this process and its older generations still alive, oldest first, with
+  // each one's state and open connections (core::upgrader::generations()); empty otherwise.
+  std::vector<core::generation_info> generations() const;
 
   // Hooks. before_begin(addr) runs when the listener is ready (default: logs "<pid> <addr>");
   // shutdown_initiated when the drain begins; on(pre_signal|post_signal, SIGUSR1, fn) around
