@@ -4,7 +4,9 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
+#include <map>
 
 #include "endless/core/error.hpp"
 #include "pid_file.hpp"
@@ -21,8 +23,53 @@ namespace {
 // acknowledge (it is rolling back and about to kill us); {} with `alone` set when the old
 // process is gone and we are the server now.
 // `takes`: the 'T' messages that go before the 'R'.
+// Reads exactly `len` bytes (blocking: the old process wrote them with its 'A').
+bool read_exactly(int fd, char* out, std::size_t len) {
+  std::size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::recv(fd, out + done, len - done, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// The 'S' message after 'A': the counters that carry over. Anything malformed is dropped
+// with a note; the hand-over goes on (they only start from zero).
+void read_carried(int channel, std::map<std::string, std::uint64_t, std::less<>>& out,
+                  std::string& why) {
+  char tag = 0;
+  std::uint32_t len = 0;
+  if (!read_exactly(channel, &tag, 1) || tag != protocol::kCarried ||
+      !read_exactly(channel, reinterpret_cast<char*>(&len), sizeof len) ||
+      len > protocol::kMaxCarried) {
+    why = "no counters from the old process; they start from zero";
+    return;
+  }
+  std::string body(len, '\0');
+  if (!read_exactly(channel, body.data(), len)) {
+    why = "no counters from the old process; they start from zero";
+    return;
+  }
+  std::string_view rest(body);
+  while (!rest.empty()) {
+    std::size_t nl = rest.find('\n');
+    std::string_view line = rest.substr(0, nl);
+    rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+    std::size_t tab = line.find('\t');
+    std::uint64_t value = 0;
+    if (tab == std::string_view::npos || tab == 0) continue;
+    std::string_view digits = line.substr(tab + 1);
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+    if (ec != std::errc{} || end != digits.data() + digits.size()) continue;
+    out[std::string(line.substr(0, tab))] = value;
+  }
+}
+
 std::error_code handshake(int channel, pid_t parent, const std::string& takes, bool& alone,
-                          std::string& why) {
+                          std::string& why,
+                          std::map<std::string, std::uint64_t, std::less<>>& carried) {
   std::string out = takes + protocol::kReady;
   ssize_t sent;
   do {
@@ -35,7 +82,10 @@ std::error_code handshake(int channel, pid_t parent, const std::string& takes, b
       got = ::recv(channel, &ack, 1, 0);
     } while (got < 0 && errno == EINTR);
   }
-  if (got == 1 && ack == protocol::kAck) return {};
+  if (got == 1 && ack == protocol::kAck) {
+    read_carried(channel, carried, why);
+    return {};
+  }
   if (::getppid() != parent) {
     alone = true;
     why = "the old process went away during the hand-over; serving on our own";
@@ -85,7 +135,19 @@ std::error_code upgrader::impl::do_ready() {
         }
       }
     }
-    std::error_code ec = handshake(channel, startup().parent, takes, alone, why);
+    std::error_code ec = handshake(channel, startup().parent, takes, alone, why, carried_in);
+    // Our own counters go on from the old process's.
+    if (auto it = carried_in.find("endless_restarts_total"); it != carried_in.end()) {
+      upgrades.store(it->second);
+    }
+    if (auto it = carried_in.find("endless_restart_failures_total"); it != carried_in.end()) {
+      failed_upgrades.store(it->second);
+    }
+    for (int r = 0; r < kReasons; ++r) {
+      auto it =
+          carried_in.find(std::string("endless_restart_failures_total:") + kFailureReasons[r]);
+      if (it != carried_in.end()) failures[r].store(it->second);
+    }
     if (!why.empty()) log_pid(why);
     if (ec) {
       discard_pid_file(staged);

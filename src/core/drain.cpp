@@ -39,6 +39,7 @@ void upgrader::impl::do_shutdown(const std::string& what) {
 void upgrader::impl::begin_drain(bool final) {
   final_shutdown = final;
   set_state(state::draining);
+  drain_began = clock::now();
   if (parent_channel) {
     // 'D': the old process, if still on probation, must not take our exit for a crash, and
     // sends no more connections. It closes its end on reading it; we keep reading until
@@ -133,6 +134,12 @@ void upgrader::impl::finish() {
   if (auto n = handed.load()) {
     log_pid("passed " + std::to_string(n) + " idle connection(s) to the new process");
   }
+  if (drain_began) {
+    family.record_drain(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - *drain_began)
+            .count()));
+    drain_began.reset();
+  }
   log_pid(final_shutdown ? "Shut down." : "Handed over; exiting.");
   // wait() returns at the end of this loop round, after the post-signal hooks of the
   // signal being handled (if any) have run.
@@ -184,9 +191,11 @@ void upgrader::impl::on_probation_child_exited() {
   probation.reset();
   close_child_channel();
   rollbacks++;
-  ++drain_epoch;  // a `drained` of the drain being undone is stale from now on
+  count_failure(rolled_back);  // and upgrades keeps it: counters never go down
+  ++drain_epoch;               // a `drained` of the drain being undone is stale from now on
   draining_services.clear();
   hammer_at.reset();
+  drain_began.reset();
   finish_pending = false;
   for (drainable* d : targets)
     d->resume();

@@ -24,6 +24,7 @@ struct alignas(64) lineage::slot {
 struct lineage::table {
   static constexpr std::uint64_t kMagic = 0x656e646c65737331;  // "endless1"
   alignas(64) std::atomic<std::uint64_t> magic;
+  std::atomic<std::uint64_t> drains, drain_ms, last_drain_ms;
   slot slots[kSlots];
 };
 
@@ -127,6 +128,23 @@ void lineage::add_connections(std::int64_t delta) noexcept {
 std::int64_t lineage::connections() const noexcept {
   return mine_ ? mine_->connections.load(std::memory_order_relaxed)
                : local_connections_.load(std::memory_order_relaxed);
+}
+
+void lineage::record_drain(std::uint64_t ms) noexcept {
+  if (table_) {
+    table_->drains.fetch_add(1);
+    table_->drain_ms.fetch_add(ms);
+    table_->last_drain_ms.store(ms);
+  } else {
+    local_drains_.fetch_add(1);
+    local_drain_ms_.fetch_add(ms);
+    local_last_drain_ms_.store(ms);
+  }
+}
+
+drain_stats lineage::drains() const noexcept {
+  if (table_) return {table_->drains.load(), table_->drain_ms.load(), table_->last_drain_ms.load()};
+  return {local_drains_.load(), local_drain_ms_.load(), local_last_drain_ms_.load()};
 }
 
 std::size_t lineage::prune() {

@@ -72,6 +72,10 @@ class lineage {
   int table_fd() const noexcept { return table_fd_.get(); }
   std::vector<handed_elder> for_child() const;
 
+  // Drains finished in this lineage (any process), for a dashboard: count, total, last.
+  void record_drain(std::uint64_t ms) noexcept;
+  drain_stats drains() const noexcept;
+
   // Ourselves and the alive elders, oldest first (upgrader::generations()).
   std::vector<generation_info> snapshot() const;
 
@@ -89,6 +93,7 @@ class lineage {
   slot* mine_ = nullptr;
   std::atomic<std::int64_t> local_connections_{0};  // without a table
   std::atomic<std::uint32_t> local_state_{0};
+  std::atomic<std::uint64_t> local_drains_{0}, local_drain_ms_{0}, local_last_drain_ms_{0};
   mutable std::mutex mu_;      // elders_: changed by the upgrader's thread, read by snapshot()
   std::vector<elder> elders_;  // oldest first
 };

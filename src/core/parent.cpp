@@ -121,7 +121,7 @@ void upgrader::impl::start_upgrade(const std::string& what,
   log_pid(what + ". forking.");
   // The new process could not even be started: count it, end systemd's reload, say why.
   auto cant_start = [&](std::error_code ec, const std::string& why) {
-    failed_upgrades++;
+    count_failure(start_failed);
     notify("READY=1\nSTATUS=upgrade failed: " + why);
     refuse(ec, "upgrade failed: " + why + "; still serving.");
   };
@@ -195,8 +195,10 @@ void upgrader::impl::on_channel_readable() {
   // Hand-over. Acknowledge first: if the new process is gone by now nothing has been said
   // to systemd and the rollback is clean. Then, as the main pid, tell systemd who the main
   // pid is now (NotifyAccess=main would drop a MAINPID= from the new process).
-  char ack = protocol::kAck;
-  if (::send(upgrade->channel.get(), &ack, 1, MSG_NOSIGNAL) != 1) {
+  std::string ack(1, protocol::kAck);
+  ack += carry_out();
+  if (::send(upgrade->channel.get(), ack.data(), ack.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(ack.size())) {
     fail_upgrade(errc::child_exited,
                  "new process " + std::to_string(child) + " went away during the hand-over");
     return;
@@ -236,6 +238,39 @@ void upgrader::impl::on_channel_readable() {
     w.set_value({});
 }
 
+std::string upgrader::impl::carry_out() {
+  // Our counts as they stand: the new process starts from them.
+  std::vector<std::pair<std::string, std::uint64_t>> all = {
+      {"endless_restarts_total", upgrades.load() + 1},  // this one, about to succeed
+      {"endless_restart_failures_total", failed_upgrades.load()}};
+  for (int r = 0; r < kReasons; ++r)
+    all.emplace_back(std::string("endless_restart_failures_total:") + kFailureReasons[r],
+                     failures[r].load());
+  decltype(carriers) producers;
+  {
+    std::lock_guard lock(mu);
+    producers = carriers;
+  }
+  for (auto& fn : producers) {
+    try {
+      auto more = fn();
+      all.insert(all.end(), more.begin(), more.end());
+    } catch (...) {
+      log_pid("a carry-over producer threw; its counters start from zero in the new process");
+    }
+  }
+  std::string body;
+  for (const auto& [name, value] : all) {
+    if (name.empty() || name.find_first_of("\t\n") != std::string::npos) continue;
+    body += name + '\t' + std::to_string(value) + '\n';
+  }
+  if (body.size() > protocol::kMaxCarried) body.clear();  // never: a few kilobytes
+  std::string out(1, protocol::kCarried);
+  auto len = static_cast<std::uint32_t>(body.size());
+  out.append(reinterpret_cast<const char*>(&len), sizeof len);
+  return out + body;
+}
+
 std::vector<std::promise<std::error_code>> upgrader::impl::end_upgrade() {
   auto waiting = std::move(upgrade->waiting);
   upgrade.reset();
@@ -250,7 +285,7 @@ void upgrader::impl::fail_upgrade(std::error_code ec, const std::string& why) {
   std::string status = kill_and_reap(upgrade->child);
   std::string reason = why;
   if (ec == errc::child_exited) reason += " " + status + " before it was ready";
-  failed_upgrades++;
+  count_failure(ec == errc::ready_timeout ? not_ready : exited);
   log_pid("upgrade failed: " + reason + "; still serving.");
   auto waiting = end_upgrade();
   set_state(state::serving);
@@ -263,7 +298,7 @@ void upgrader::impl::abort_upgrade() {
   std::string status = kill_and_reap(upgrade->child);
   log_pid("upgrade aborted by shutdown; new process " + std::to_string(upgrade->child.pid) + " " +
           status);
-  failed_upgrades++;
+  count_failure(aborted);
   auto waiting = end_upgrade();
   set_state(state::serving);
   for (auto& w : waiting)

@@ -20,7 +20,10 @@
 //
 // Readiness handshake on ENDLESS_READY_FD:
 //   new -> old  'R'   the new process is ready to serve
-//   old -> new  'A'   the old process told systemd MAINPID=<new> and now drains
+//   old -> new  'A'   the old process told systemd MAINPID=<new> and now drains; right
+//                     after it, in the same write: 'S', a 4-byte length (host order, at most
+//                     1 MiB) and the counters that carry over (upgrader::on_carry): lines of
+//                     "name\tvalue\n", value a decimal uint64
 // The new process writes the pid file and sends MAINPID/READY=1 only after 'A' (or after EOF,
 // which means the old process is gone and the new one is on its own). The old process treats
 // EOF before 'R', the child's exit, or upgrade_timeout as a failed upgrade: it kills the
@@ -50,6 +53,8 @@
 // application starts later inherits it.
 #pragma once
 
+#include <cstdint>
+
 namespace endless::core::protocol {
 
 inline constexpr int kVersion = 1;
@@ -59,6 +64,8 @@ inline constexpr char kDraining = 'D';
 inline constexpr char kConnection = 'C';
 inline constexpr char kTakes = 'T';
 inline constexpr char kUpgradeAgain = 'U';
+inline constexpr char kCarried = 'S';
+inline constexpr std::uint32_t kMaxCarried = 1 << 20;
 inline constexpr int kFirstFd = 3;  // SD_LISTEN_FDS_START
 
 inline constexpr const char* kListenFds = "LISTEN_FDS";

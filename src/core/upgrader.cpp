@@ -520,8 +520,25 @@ std::uint64_t upgrader::upgrades() const noexcept {
 std::uint64_t upgrader::failed_upgrades() const noexcept {
   return impl_->failed_upgrades.load();
 }
+std::vector<std::pair<std::string, std::uint64_t>> upgrader::upgrade_failures() const {
+  std::vector<std::pair<std::string, std::uint64_t>> out;
+  for (int r = 0; r < impl::kReasons; ++r)
+    out.emplace_back(impl::kFailureReasons[r], impl_->failures[r].load());
+  return out;
+}
+void upgrader::on_carry(std::function<std::vector<std::pair<std::string, std::uint64_t>>()> fn) {
+  std::lock_guard lock(impl_->mu);
+  impl_->carriers.push_back(std::move(fn));
+}
+std::uint64_t upgrader::carried(std::string_view name) const {
+  auto it = impl_->carried_in.find(name);
+  return it == impl_->carried_in.end() ? 0 : it->second;
+}
 std::vector<generation_info> upgrader::generations() const {
   return impl_->family.snapshot();
+}
+drain_stats upgrader::drains() const noexcept {
+  return impl_->family.drains();
 }
 void upgrader::add_connections(std::int64_t delta) noexcept {
   impl_->family.add_connections(delta);

@@ -66,6 +66,20 @@ struct upgrader::impl {
 
   std::atomic<state> current{state::starting};
   std::atomic<std::uint64_t> upgrades{0}, failed_upgrades{0}, rollbacks{0};
+  // Failed upgrades by reason (upgrader::upgrade_failures()), in this order.
+  static constexpr const char* kFailureReasons[] = {"start_failed", "exited", "not_ready",
+                                                    "aborted", "rolled_back"};
+  enum failure_reason { start_failed, exited, not_ready, aborted, rolled_back, kReasons };
+  std::atomic<std::uint64_t> failures[kReasons] = {};
+  void count_failure(failure_reason r) {
+    failures[r]++;
+    if (r != rolled_back) failed_upgrades++;
+  }
+  // Carry-over (upgrader::on_carry): producers (under mu); what came from the old process
+  // (written by do_ready before it returns, read-only afterwards).
+  std::vector<std::function<std::vector<std::pair<std::string, std::uint64_t>>()>> carriers;
+  std::map<std::string, std::uint64_t, std::less<>> carried_in;
+  std::string carry_out();  // the 'S' message for the new process
 
   std::optional<signal_pipe> signals;
   std::thread thread;
@@ -118,6 +132,7 @@ struct upgrader::impl {
   bool served = false;   // reached state::serving: only then may a final shutdown unlink paths
   bool drained = false;  // finish() ran; becomes state::stopped at the end of the round
   std::optional<clock::time_point> hammer_at;
+  std::optional<clock::time_point> drain_began;  // for the lineage's drain statistics
   std::optional<clock::time_point> next_watchdog;
 
   // upgrader.cpp

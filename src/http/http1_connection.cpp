@@ -596,18 +596,32 @@ bool read_and_process(loop& l, connection& c, bool peer_closed) {
 }  // namespace
 
 ssize_t conn_recv(connection& c, char* buf, std::size_t len) {
-  if (!c.tls) return ::recv(c.fd, buf, len, 0);
-  ssize_t n = io::tls_read(c.tls->ssl, buf, len, c.tls->read_wants_write);
-  if (n < 0 && errno != EAGAIN) c.tls->failed = true;
+  ssize_t n;
+  if (!c.tls) {
+    n = ::recv(c.fd, buf, len, 0);
+  } else {
+    n = io::tls_read(c.tls->ssl, buf, len, c.tls->read_wants_write);
+    if (n < 0 && errno != EAGAIN) c.tls->failed = true;
+  }
+  if (n > 0 && c.metrics) {
+    metric_block::add(c.metrics->thread_block().bytes_in, static_cast<std::uint64_t>(n));
+  }
   return n;
 }
 
 ssize_t conn_send(connection& c, const char* buf, std::size_t len) {
-  if (!c.tls) return ::send(c.fd, buf, len, MSG_NOSIGNAL);
-  bool wants_write = false;
-  ssize_t n = io::tls_write(c.tls->ssl, buf, len, wants_write);
-  if (n < 0 && errno != EAGAIN) c.tls->failed = true;
-  c.tls->write_wants_read = n < 0 && errno == EAGAIN && !wants_write;
+  ssize_t n;
+  if (!c.tls) {
+    n = ::send(c.fd, buf, len, MSG_NOSIGNAL);
+  } else {
+    bool wants_write = false;
+    n = io::tls_write(c.tls->ssl, buf, len, wants_write);
+    if (n < 0 && errno != EAGAIN) c.tls->failed = true;
+    c.tls->write_wants_read = n < 0 && errno == EAGAIN && !wants_write;
+  }
+  if (n > 0 && c.metrics) {
+    metric_block::add(c.metrics->thread_block().bytes_out, static_cast<std::uint64_t>(n));
+  }
   return n;
 }
 
@@ -734,6 +748,7 @@ bool on_accepted(loop& l, int fd, const sockaddr_storage& peer, socklen_t len, b
   auto* c = new connection;
   c->fd = fd;
   c->fresh = !adopted;
+  c->metrics = &l.srv->metrics;
   c->id = l.srv->next_conn_id.fetch_add(1, std::memory_order_relaxed);
 
   format_peer(c->remote, peer, len);
@@ -784,9 +799,11 @@ bool handshake(loop& l, connection& c) {
     // common and harmless, so not logged one by one.
     c.tls->failed = true;
     l.srv->tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
+    metric_block::add(l.srv->metrics.thread_block().tls_failed, std::uint64_t{1});
     close_connection(l, c);
     return false;
   }
+  metric_block::add(l.srv->metrics.thread_block().tls_ok, std::uint64_t{1});
   c.tls->server_name = io::tls_server_name(c.tls->ssl);
   c.tls->client_subject = io::tls_peer_subject(c.tls->ssl);
   c.stage = connection::phase::head;

@@ -135,6 +135,49 @@ server& server::h2c(bool on) {
   return *this;
 }
 
+metrics_snapshot server::metrics() const {
+  const server_state& st = impl_->st;
+  metrics_snapshot m = st.metrics.totals();
+  if (core::upgrader* up = st.up) {
+    m.restarts = up->upgrades();
+    m.restart_failures = up->upgrade_failures();
+    m.generation = up->generation();
+    m.generations = up->generations();
+    for (const auto& g : m.generations) {
+      if (!g.self) ++m.draining_processes;
+    }
+    core::drain_stats d = up->drains();
+    m.drains = d.count;
+    m.drain_seconds_sum = static_cast<double>(d.total_ms) / 1000;
+    m.last_drain_seconds = static_cast<double>(d.last_ms) / 1000;
+  }
+  return m;
+}
+
+handler server::metrics_handler() const {
+  return [this](const request&, response& res) {
+    res.send(render_prometheus(metrics()), "text/plain; version=0.0.4; charset=utf-8");
+  };
+}
+
+handler server::healthz_handler() const {
+  return [](const request&, response& res) { res.text("ok\n"); };
+}
+
+handler server::readyz_handler() const {
+  return [this](const request&, response& res) {
+    core::upgrader* up = impl_->st.up;
+    bool ready = !impl_->st.draining.load() && up && up->current_state() != core::state::draining &&
+                 up->current_state() != core::state::stopped &&
+                 up->current_state() != core::state::starting;
+    if (ready) {
+      res.text("ready\n");
+    } else {
+      res.status(503).text("draining\n");
+    }
+  };
+}
+
 std::vector<core::generation_info> server::generations() const {
   core::upgrader* up = impl_->st.up;
   return up ? up->generations() : std::vector<core::generation_info>{};
@@ -376,6 +419,8 @@ bool run_handler(loop& l, const request& req, response& res) {
   std::uint64_t seq = ((cur >> 1) + 1) & 0x7fffffffu;
   std::uint64_t busy = (cur & ~0xffffffffull) | (seq << 1) | kInHandler;
   l.ownership.store(busy, std::memory_order_release);
+  timespec t0{};
+  ::clock_gettime(CLOCK_MONOTONIC, &t0);
   try {
     l.srv->fn(req, res);
   } catch (const std::exception& e) {
@@ -387,6 +432,11 @@ bool run_handler(loop& l, const request& req, response& res) {
                " threw");
     detail::access::set_failed(res);
   }
+  timespec t1{};
+  ::clock_gettime(CLOCK_MONOTONIC, &t1);
+  auto ns = static_cast<std::uint64_t>((t1.tv_sec - t0.tv_sec) * 1'000'000'000LL +
+                                       (t1.tv_nsec - t0.tv_nsec));
+  l.srv->metrics.count_request(req.method(), detail::access::ok(res) ? res.status() : 500, ns);
   std::uint64_t expected = busy;
   return l.ownership.compare_exchange_strong(expected, busy & ~kInHandler,
                                              std::memory_order_acq_rel);
@@ -743,7 +793,15 @@ int serve(std::initializer_list<server*> servers) {
       }
       up.attach(*s->impl_);
     }
+    for (server* s : servers) {
+      server_state& st = s->impl_->st;
+      // Counters carry over upgrades, keyed by the listener (inherited: the same address).
+      std::string prefix = "http|" + st.bound + "|";
+      up.on_carry([&st, prefix] { return st.metrics.carry(prefix); });
+    }
     up.ready();
+    for (server* s : servers)
+      s->impl_->st.metrics.set_base(up, "http|" + s->impl_->st.bound + "|");
     // Accept only once ready: a new process that is rolled back never holds connections.
     for (auto* s : started)
       s->start_accepting();

@@ -38,6 +38,7 @@
 #include "endless/core/upgrader.hpp"
 #include "endless/http/server.hpp"
 #include "http1_parser.hpp"
+#include "metrics.hpp"
 
 namespace endless::http {
 
@@ -96,8 +97,10 @@ struct connection {
   std::string out;                // bytes not yet written
   std::string body;               // decoded chunked body
   h1::chunked_decoder chunked;
-  tls_conn* tls = nullptr;   // owned; freed with the connection
-  h2_session* h2 = nullptr;  // owned; set once the connection speaks HTTP/2
+  server_metrics* metrics = nullptr;  // the server's, for the bytes and states counted here
+  std::int8_t metric_state = -1;      // conn_state counted in the gauges (-1: none)
+  tls_conn* tls = nullptr;            // owned; freed with the connection
+  h2_session* h2 = nullptr;           // owned; set once the connection speaks HTTP/2
 
   // Posted tasks that name this connection: it is not freed before they ran. Atomic: a
   // handed-off handler thread posts (++) while the loop's new owner runs tasks (--).
@@ -205,7 +208,12 @@ struct server_state {
   std::uint64_t drain_gen = 0;  // one per begin_drain() and per resume()
 
   void log(std::string_view line) const;
+  server_metrics metrics;
   void state_changed(connection& c, conn_state s) {
+    metric_block& b = metrics.thread_block();
+    if (c.metric_state >= 0) metric_block::add(b.conns[c.metric_state], std::int64_t{-1});
+    c.metric_state = s == conn_state::closed ? std::int8_t{-1} : static_cast<std::int8_t>(s);
+    if (c.metric_state >= 0) metric_block::add(b.conns[c.metric_state], std::int64_t{1});
     if (conn_cb) conn_cb(c.id, s);
   }
 };

@@ -17,6 +17,7 @@
 //         /cookie (the request's Cookie field) /poison (leaves an OpenSSL error queued)
 //         /oom (the handler runs out of memory: std::bad_alloc)
 //         /generations (a line per generation alive: generation pid state connections [self])
+//         /metrics /healthz /readyz (server::metrics_handler() and the health handlers)
 #include <unistd.h>
 
 #include <csignal>
@@ -209,6 +210,12 @@ int main(int argc, char** argv) {
     }
     res.text(out);
   });
+  r.get("/metrics",
+        [&first](const http::request& q, http::response& s) { first->metrics_handler()(q, s); });
+  r.get("/healthz",
+        [&first](const http::request& q, http::response& s) { first->healthz_handler()(q, s); });
+  r.get("/readyz",
+        [&first](const http::request& q, http::response& s) { first->readyz_handler()(q, s); });
   auto with_pid = [&](const http::request& req, http::response& res) {
     res.header("X-Pid", pid);
     r(req, res);

@@ -31,8 +31,10 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "endless/core/options.hpp"
@@ -75,6 +77,14 @@ class drainable {
 
  protected:
   ~drainable() = default;
+};
+
+// Drains finished by the processes of this lineage (upgrader::drains()): how many, their
+// total and the last one's duration, from the drain's start to the process's end.
+struct drain_stats {
+  std::uint64_t count = 0;
+  std::uint64_t total_ms = 0;
+  std::uint64_t last_ms = 0;
 };
 
 enum class hook { pre_signal, post_signal };
@@ -142,8 +152,22 @@ class upgrader {
   state current_state() const noexcept;
   bool has_parent() const noexcept;           // started by an endless upgrade
   std::uint64_t generation() const noexcept;  // upgrades that led to this process
-  std::uint64_t upgrades() const noexcept;    // successful upgrades started here
+  // Upgrades of this lineage: each process starts from its old process's counts (they carry
+  // over, see on_carry()) and adds its own.
+  std::uint64_t upgrades() const noexcept;  // successful upgrades (new process ready)
   std::uint64_t failed_upgrades() const noexcept;
+  // Failed upgrades by reason: "start_failed" (fork, exec, fds), "exited" (before ready),
+  // "not_ready" (upgrade_timeout), "aborted" (a shutdown during it), "rolled_back" (crashed
+  // during the probation). Every reason is listed, zero or not.
+  std::vector<std::pair<std::string, std::uint64_t>> upgrade_failures() const;
+
+  // Counters that carry over an upgrade, so that dashboards do not reset on every deploy:
+  // when this process hands over, every `fn` registered here is asked for (name, value)
+  // pairs, which travel to the new process with the readiness acknowledgement; there,
+  // carried(name) returns them once ready() has returned (0 for a name not carried). Names
+  // hold no tab or newline. The upgrader's own counters (upgrades, failures) carry already.
+  void on_carry(std::function<std::vector<std::pair<std::string, std::uint64_t>>()> fn);
+  std::uint64_t carried(std::string_view name) const;
 
   // Connection hand-over (old process, draining after a successful upgrade): passes an idle
   // connection to the new process over the readiness channel (SCM_RIGHTS) with the local
@@ -163,6 +187,7 @@ class upgrader {
   // Servers report their connections here (+1 when one opens or is adopted, -1 when it
   // closes or is handed over), for generations() in whichever process serves. Lock-free.
   void add_connections(std::int64_t delta) noexcept;
+  drain_stats drains() const noexcept;
 
   // Writes to the configured log sink.
   void log(std::string_view line) const;

@@ -116,6 +116,36 @@ struct server_options {
   http2_options http2;
 };
 
+// A server's metrics as plain numbers (server::metrics()); the same as its /metrics page
+// (server::metrics_handler(), Prometheus text format 0.0.4). Counters carry over upgrades:
+// a new process starts from its old process's totals.
+struct metrics_snapshot {
+  // Requests answered, by method (GET HEAD POST PUT DELETE OPTIONS PATCH other, in this
+  // order) and status class (1xx..5xx); a handler that threw counts as 5xx.
+  std::uint64_t requests[8][5] = {};
+  // Request duration (handler start to end) histogram: per bucket (not cumulative), upper
+  // bounds 0.1 ms .. 10 s, then +Inf; and the sum.
+  std::uint64_t duration_buckets[17] = {};
+  double duration_seconds_sum = 0;
+  std::uint64_t bytes_in = 0, bytes_out = 0;
+  std::uint64_t tls_handshakes = 0, tls_handshake_failures = 0;
+  // This process (gauges, not carried): its connections by state.
+  std::int64_t connections_new = 0, connections_active = 0, connections_idle = 0;
+  // The process lifecycle (core::upgrader), carried where they are counters.
+  std::uint64_t restarts = 0;
+  std::vector<std::pair<std::string, std::uint64_t>> restart_failures;  // by reason
+  std::uint64_t generation = 0;
+  std::uint64_t draining_processes = 0;            // older generations alive
+  std::vector<core::generation_info> generations;  // each with its connections
+  std::uint64_t drains = 0;                        // drains finished in this lineage
+  double drain_seconds_sum = 0, last_drain_seconds = 0;
+
+  std::uint64_t requests_total() const noexcept;
+  std::int64_t active_connections() const noexcept {
+    return connections_new + connections_active + connections_idle;
+  }
+};
+
 // Process-wide defaults copied into every server constructed afterwards (endless's
 // DefaultReadTimeOut, DefaultWriteTimeOut, DefaultMaxHeaderBytes, DefaultHammerTime).
 server_options& defaults();
@@ -152,6 +182,16 @@ class server {
   // Call while serving (from any thread).
   void reload_certificates();
   bool reload_certificates(std::error_code& ec) noexcept;
+
+  // Metrics (Prometheus text format 0.0.4 on GET): mount where you like, e.g.
+  //   r.get("/metrics", srv.metrics_handler());
+  handler metrics_handler() const;
+  metrics_snapshot metrics() const;
+  // Health: /healthz answers 200 while the process runs; /readyz 200 while it serves and 503
+  // from the moment it begins to drain (an upgrade handed over, or SIGTERM), so a load
+  // balancer's checks stop sending it new traffic. Off unless mounted.
+  handler healthz_handler() const;
+  handler readyz_handler() const;
 
   // While serving: this process and its older generations still alive, oldest first, with
   // each one's state and open connections (core::upgrader::generations()); empty otherwise.
