@@ -127,6 +127,7 @@ class generations_test : public core_fixture {
 // max_draining + 1 processes are alive, every old process is gone within hammer_time, and
 // the cap was really reached (an upgrade waited for an older generation).
 TEST_F(generations_test, ten_sighups_200ms_apart_with_long_requests_lose_nothing) {
+  ENDLESS_PLAIN_BUILD_ONLY();
   const auto hammer_time = 20s;
   pid_t first = start_http({"--hammer-time", "20"});
   sampler sample(*this);

@@ -789,6 +789,7 @@ INSTANTIATE_TEST_SUITE_P(modes, restart_under_load, ::testing::Values("keepalive
 // even the "reset on a reused connection" class; idle connections really move (the old
 // processes log how many they passed on).
 TEST_F(http_server_test, twenty_restarts_with_idle_keep_alive_clients_lose_nothing) {
+  ENDLESS_PLAIN_BUILD_ONLY();
   pid_t pid = start_http({"--probation-ms", "1000"});
   auto load = [&](const std::string& name, const std::string& pause) {
     processes::spec s;

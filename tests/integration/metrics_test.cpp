@@ -7,10 +7,10 @@
 #include <signal.h>
 #include <sys/socket.h>
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <map>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -34,8 +34,16 @@ struct exposition {
 
 // Parses `text` strictly; on the first violation returns false with `why`.
 bool parse_exposition(const std::string& text, exposition& out, std::string& why) {
-  static const std::regex name_re("[a-zA-Z_:][a-zA-Z0-9_:]*");
-  static const std::regex label_name_re("[a-zA-Z_][a-zA-Z0-9_]*");
+  // [a-zA-Z_:][a-zA-Z0-9_:]* for metric names, the same without ':' for label names.
+  auto valid = [](const std::string& s, bool colon) {
+    if (s.empty() || std::isdigit(static_cast<unsigned char>(s[0]))) return false;
+    for (char c : s) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && !(colon && c == ':')) {
+        return false;
+      }
+    }
+    return true;
+  };
   if (text.empty() || text.back() != '\n') {
     why = "does not end with a newline";
     return false;
@@ -66,7 +74,7 @@ bool parse_exposition(const std::string& text, exposition& out, std::string& why
       std::string kw, name, rest;
       f >> kw >> name;
       std::getline(f, rest);
-      if (!std::regex_match(name, name_re)) return fail("bad metric name");
+      if (!valid(name, true)) return fail("bad metric name");
       if (kw == "HELP") {
         if (!helped.insert(name).second) return fail("second HELP");
         if (rest.empty() || rest[0] != ' ') return fail("HELP without text");
@@ -95,7 +103,7 @@ bool parse_exposition(const std::string& text, exposition& out, std::string& why
         std::size_t eq = line.find('=', i);
         if (eq == std::string::npos) return fail("label without '='");
         std::string lname = line.substr(i, eq - i);
-        if (!std::regex_match(lname, label_name_re)) return fail("bad label name");
+        if (!valid(lname, false)) return fail("bad label name");
         for (const auto& s : seen)
           if (s == lname) return fail("label twice");
         seen.push_back(lname);
@@ -119,7 +127,7 @@ bool parse_exposition(const std::string& text, exposition& out, std::string& why
       space = line.find(' ');
       name = line.substr(0, space);
     }
-    if (!std::regex_match(name, name_re)) return fail("bad sample name");
+    if (!valid(name, true)) return fail("bad sample name");
     if (space >= line.size() || line[space] != ' ') return fail("no space before the value");
     std::string value = line.substr(space + 1);
     double v = 0;
