@@ -265,7 +265,8 @@ TEST_F(http_server_test, connection_states_and_server_signal_hooks) {
       << "pipelined: active stays active; then closed" << read_file(log);
 
   ::kill(pid, SIGUSR1);
-  ASSERT_TRUE(wait_until([&] { return count_lines(log, "server hook post 1") == 1; }, 5s));
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "server hook post 1") == 1; }, 15s))
+      << read_file(log);
   auto hooks = lines_with(log, "server hook");
   ASSERT_EQ(hooks.size(), 4u) << read_file(log);
   EXPECT_NE(hooks[0].find("pre 0"), std::string::npos);

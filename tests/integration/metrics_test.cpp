@@ -256,10 +256,10 @@ TEST_F(metrics_test, counters_carry_over_three_upgrades) {
       if (key.rfind("endless_http_requests_total{", 0) == 0) requests += v;
     }
     EXPECT_EQ(now.at("endless_http_request_duration_seconds_count"), requests);
-    EXPECT_EQ(now.at("endless_generation_connections{generation=\"" + std::to_string(round) +
+    // At least this scrape's own connection (the previous request's may still be closing).
+    EXPECT_GE(now.at("endless_generation_connections{generation=\"" + std::to_string(round) +
                      "\",pid=\"" + std::to_string(pid) + "\",state=\"serving\"}"),
-              1)
-        << "this scrape's own connection";
+              1);
     before = now;
   }
   EXPECT_TRUE(wait_until([&] { return scrape().at("endless_drains_total") >= 3; }, 10s));
