@@ -39,7 +39,17 @@ bool read_exactly(int fd, char* out, std::size_t len) {
 // with a note; the hand-over goes on (they only start from zero).
 void read_carried(int channel, std::map<std::string, std::uint64_t, std::less<>>& out,
                   std::string& why) {
+  // 'S' goes out in the same write as 'A', so it is here already if it comes at all; an old
+  // process of an earlier build sends none, and then nothing is consumed here.
   char tag = 0;
+  ssize_t peeked;
+  do {
+    peeked = ::recv(channel, &tag, 1, MSG_PEEK | MSG_DONTWAIT);
+  } while (peeked < 0 && errno == EINTR);
+  if (peeked != 1 || tag != protocol::kCarried) {
+    why = "no counters from the old process; they start from zero";
+    return;
+  }
   std::uint32_t len = 0;
   if (!read_exactly(channel, &tag, 1) || tag != protocol::kCarried ||
       !read_exactly(channel, reinterpret_cast<char*>(&len), sizeof len) ||

@@ -148,9 +148,19 @@ void upgrader::impl::finish() {
 
 void upgrader::impl::end_probation(const std::string& why) {
   if (!probation) return;
-  log_pid("probation over (" + why + "); new process " + std::to_string(probation->child.pid) +
+  const pid_t child = probation->child.pid;
+  log_pid("probation over (" + why + "); new process " + std::to_string(child) +
           " keeps the service");
   probation.reset();  // our child still: reaped by whoever inherits it when we exit
+  if (upgrade_owed) {
+    upgrade_owed = false;
+    if (pass_on_upgrade()) {
+      log_pid("passing the upgrade asked for meanwhile on to new process " + std::to_string(child));
+    } else {
+      log_pid("the upgrade asked for meanwhile is dropped: new process " + std::to_string(child) +
+              " takes no more (it drains itself)");
+    }
+  }
   std::vector<drainable*> targets;
   {
     std::lock_guard lock(mu);
@@ -190,6 +200,10 @@ void upgrader::impl::on_probation_child_exited() {
   }
   probation.reset();
   close_child_channel();
+  if (upgrade_owed) {
+    upgrade_owed = false;
+    log_pid("the upgrade asked for meanwhile is dropped with the rollback");
+  }
   rollbacks++;
   count_failure(rolled_back);  // and upgrades keeps it: counters never go down
   ++drain_epoch;               // a `drained` of the drain being undone is stale from now on
@@ -240,7 +254,7 @@ void upgrader::impl::on_child_channel_readable() {
 }
 
 bool upgrader::impl::on_parent_channel_readable() {
-  char buf[2 + 255];
+  char buf[4 + 2 + 255];  // a few 'U' bytes may come before a whole 'C' message
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
   iovec iov{buf, sizeof buf};
   msghdr msg{};

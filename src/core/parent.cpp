@@ -41,6 +41,13 @@ void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> res
       return;
     case state::draining:
     case state::stopped:
+      if (!final_shutdown && probation && child_channel) {
+        upgrade_owed = true;
+        return refuse(errc::draining,
+                      what +
+                          " while draining: passed on to the new process once the probation "
+                          "ends.");
+      }
       if (!final_shutdown && pass_on_upgrade()) {
         return refuse(errc::draining, what + " while draining: passed on to the new process.");
       }
@@ -203,17 +210,24 @@ void upgrader::impl::on_channel_readable() {
                  "new process " + std::to_string(child) + " went away during the hand-over");
     return;
   }
+  const bool on_probation = opts.probation.count() > 0 && can_roll_back();
   if (upgrade->again) {
-    // Asked for again during this upgrade: the new process repeats it (protocol 'U').
-    char u = protocol::kUpgradeAgain;
-    if (::send(upgrade->channel.get(), &u, 1, MSG_NOSIGNAL) == 1) {
-      log_pid("passing the upgrade asked for meanwhile on to new process " + std::to_string(child));
+    // Asked for again during this upgrade: the new process repeats it (protocol 'U'), once
+    // no rollback can come from us.
+    if (on_probation) {
+      upgrade_owed = true;
+    } else {
+      char u = protocol::kUpgradeAgain;
+      if (::send(upgrade->channel.get(), &u, 1, MSG_NOSIGNAL) == 1) {
+        log_pid("passing the upgrade asked for meanwhile on to new process " +
+                std::to_string(child));
+      }
     }
   }
   notify("MAINPID=" + std::to_string(child) + "\nREADY=1");
   upgrades++;
   log_pid("new process " + std::to_string(child) + " is ready; handing over.");
-  if (opts.probation.count() > 0 && can_roll_back()) {
+  if (on_probation) {
     // Watched for the probation: if it crashes meanwhile, we take the service back.
     auto now = clock::now();
     probation = probation_watch{std::move(upgrade->child), now, now + opts.probation};

@@ -160,6 +160,8 @@ startup_env parse_startup_env(const getenv_fn& getenv, pid_t self) {
                         (getenv(p::kListenPid) ? getenv(p::kListenPid) : "(unset)") +
                         " is not this process (" + std::to_string(self) + ")");
     env.ready_fd = -1;
+    env.table_fd = -1;  // not ours either
+    env.elders.clear();
     return env;
   }
   int count = 0;
@@ -206,10 +208,46 @@ std::string resolve_executable(const std::string& argv0, const std::string& cwd,
 
 namespace {
 
+// The lineage fds are adopted (and one day closed) only if they are what they claim: the
+// table a memfd, each elder a pidfd of that pid, none of them a listener. Anything else is
+// left alone, never closed: it is not ours to close.
+void check_lineage_fds(startup_env& env) {
+  auto is_listener = [&](int fd) {
+    return std::any_of(env.fds.begin(), env.fds.end(),
+                       [fd](const inherited_fd& f) { return f.fd == fd; });
+  };
+  if (env.table_fd >= 0) {
+    char target[64] = {};
+    std::string link = "/proc/self/fd/" + std::to_string(env.table_fd);
+    ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+    if (is_listener(env.table_fd) || n <= 0 ||
+        std::string_view(target, static_cast<std::size_t>(n)).rfind("/memfd:", 0) != 0) {
+      env.notes.push_back("ignoring ENDLESS_TABLE: fd " + std::to_string(env.table_fd) +
+                          " is not a memfd");
+      env.table_fd = -1;
+    }
+  }
+  std::erase_if(env.elders, [&](const inherited_elder& e) {
+    std::string info = read_file(("/proc/self/fdinfo/" + std::to_string(e.pidfd)).c_str());
+    if (!is_listener(e.pidfd) && info.find("\nPid:\t-1\n") != std::string::npos) {
+      ::close(e.pidfd);  // a pidfd (ours) of a process gone meanwhile
+      return true;
+    }
+    bool ok = !is_listener(e.pidfd) &&
+              info.find("\nPid:\t" + std::to_string(e.pid) + "\n") != std::string::npos;
+    if (!ok) {
+      env.notes.push_back("ignoring elder " + std::to_string(e.pid) + ": fd " +
+                          std::to_string(e.pidfd) + " is not its pidfd");
+    }
+    return !ok;
+  });
+}
+
 process_start take_snapshot() {
   process_start s;
   s.parent = ::getppid();
   s.env = parse_startup_env([](const char* name) { return ::getenv(name); }, ::getpid());
+  check_lineage_fds(s.env);
   // The inherited fds (and the readiness channel) must not leak into anything this process
   // execs except through an upgrade, which passes them explicitly.
   for (const auto& fd : s.env.fds)

@@ -416,6 +416,11 @@ upgrader::~upgrader() {
                    std::to_string(impl_->upgrade->child.pid));
     (void)kill_and_reap(impl_->upgrade->child);
   }
+  if (impl_->queued) {
+    for (auto& w : impl_->queued->waiting)
+      w.set_value(errc::aborted);
+    impl_->queued.reset();
+  }
   impl_.reset();  // restores signal handlers
   g_exists.store(false);
 }

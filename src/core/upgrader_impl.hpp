@@ -122,6 +122,10 @@ struct upgrader::impl {
   std::uint64_t refused_adoptions = 0;  // (thread)
   unique_fd parent_channel;             // (new process) to the old one: 'D' when we begin to drain
   bool finish_pending = false;          // the drain ended during the probation: finish at its end
+  // An upgrade asked for during ours or while we drain, owed to the new process ('U') once
+  // our probation ends: sent earlier, the new process could start a third one that a
+  // rollback here would leave serving beside us.
+  bool upgrade_owed = false;
   // (new process) The drain ended before the old process closed the channel: finish at its
   // EOF (or this deadline), so that no connection it sent is dropped with the channel.
   std::optional<clock::time_point> channel_wait_until;

@@ -1,5 +1,6 @@
 #include "metrics.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 
@@ -84,14 +85,32 @@ server_metrics::server_metrics() : id_(g_next_id.fetch_add(1)) {}
 metric_block& server_metrics::thread_block() {
   if (t_slot.owner == id_) return *t_slot.block;
   std::lock_guard lock(mu_);
-  blocks_.push_back(std::make_unique<metric_block>());
-  t_slot = {id_, blocks_.back().get()};
+  if (!free_.empty()) {
+    t_slot = {id_, free_.back()};
+    free_.pop_back();
+  } else {
+    blocks_.push_back(std::make_unique<metric_block>());
+    t_slot = {id_, blocks_.back().get()};
+  }
   return *t_slot.block;
+}
+
+void server_metrics::release_thread_block() noexcept {
+  if (t_slot.owner != id_) return;
+  std::lock_guard lock(mu_);
+  free_.push_back(t_slot.block);
+  t_slot = {};
 }
 
 void server_metrics::count_request(std::string_view method, int status,
                                    std::uint64_t duration_ns) noexcept {
-  metric_block& b = thread_block();
+  metric_block* block;
+  try {
+    block = &thread_block();
+  } catch (...) {
+    return;  // out of memory for a first block: this request goes uncounted
+  }
+  metric_block& b = *block;
   std::size_t cls = status >= 100 && status < 600 ? static_cast<std::size_t>(status / 100 - 1) : 4;
   metric_block::add(b.requests[method_index(method)][cls], std::uint64_t{1});
   const double s = static_cast<double>(duration_ns) / 1e9;
@@ -103,9 +122,9 @@ void server_metrics::count_request(std::string_view method, int status,
 }
 
 metrics_snapshot server_metrics::totals() const {
-  metrics_snapshot m = base_;
-  std::uint64_t duration_ns = 0;
   std::lock_guard lock(mu_);
+  metrics_snapshot m = base_;
+  std::uint64_t duration_ns = base_duration_ns_;
   for (const auto& b : blocks_) {
     for (std::size_t i = 0; i < kMethodCount; ++i)
       for (std::size_t j = 0; j < kClassCount; ++j)
@@ -121,7 +140,7 @@ metrics_snapshot server_metrics::totals() const {
     m.connections_active += b->conns[1].load(std::memory_order_relaxed);
     m.connections_idle += b->conns[2].load(std::memory_order_relaxed);
   }
-  m.duration_seconds_sum += static_cast<double>(duration_ns) / 1e9;
+  m.duration_seconds_sum = static_cast<double>(duration_ns) / 1e9;
   return m;
 }
 
@@ -135,8 +154,14 @@ std::vector<std::pair<std::string, std::uint64_t>> server_metrics::carry(
                        m.requests[i][j]);
   for (std::size_t k = 0; k < kBucketCount; ++k)
     out.emplace_back(prefix + "duration_bucket:" + std::to_string(k), m.duration_buckets[k]);
-  out.emplace_back(prefix + "duration_ns",
-                   static_cast<std::uint64_t>(m.duration_seconds_sum * 1e9 + 0.5));
+  {
+    // As an integer: a round trip through a double could shrink it, a "reset" to Prometheus.
+    std::lock_guard lock(mu_);
+    std::uint64_t ns = base_duration_ns_;
+    for (const auto& b : blocks_)
+      ns += b->duration_ns.load(std::memory_order_relaxed);
+    out.emplace_back(prefix + "duration_ns", ns);
+  }
   out.emplace_back(prefix + "bytes_in", m.bytes_in);
   out.emplace_back(prefix + "bytes_out", m.bytes_out);
   out.emplace_back(prefix + "tls_ok", m.tls_handshakes);
@@ -151,13 +176,14 @@ void server_metrics::set_base(const core::upgrader& up, const std::string& prefi
       b.requests[i][j] = up.carried(prefix + "requests:" + kMethods[i] + ":" + kStatusClasses[j]);
   for (std::size_t k = 0; k < kBucketCount; ++k)
     b.duration_buckets[k] = up.carried(prefix + "duration_bucket:" + std::to_string(k));
-  b.duration_seconds_sum = static_cast<double>(up.carried(prefix + "duration_ns")) / 1e9;
+  const std::uint64_t ns = up.carried(prefix + "duration_ns");
   b.bytes_in = up.carried(prefix + "bytes_in");
   b.bytes_out = up.carried(prefix + "bytes_out");
   b.tls_handshakes = up.carried(prefix + "tls_ok");
   b.tls_handshake_failures = up.carried(prefix + "tls_failed");
   std::lock_guard lock(mu_);
   base_ = b;
+  base_duration_ns_ = ns;
 }
 
 std::string render_prometheus(const metrics_snapshot& m) {
@@ -173,9 +199,12 @@ std::string render_prometheus(const metrics_snapshot& m) {
          "Older generations of this process still alive (draining or on probation).");
   w.sample("endless_draining_processes", "", m.draining_processes);
   w.head("endless_active_connections", "gauge", "Open connections of this process.");
-  w.sample("endless_active_connections", "", m.active_connections());
+  w.sample("endless_active_connections", "", std::max<std::int64_t>(m.active_connections(), 0));
   w.head("endless_connections", "gauge", "Open connections of this process, by state.");
-  const std::int64_t by_state[] = {m.connections_new, m.connections_active, m.connections_idle};
+  // Per-thread deltas read one after another may show a state a moment below zero.
+  const std::int64_t by_state[] = {std::max<std::int64_t>(m.connections_new, 0),
+                                   std::max<std::int64_t>(m.connections_active, 0),
+                                   std::max<std::int64_t>(m.connections_idle, 0)};
   for (std::size_t i = 0; i < std::size(kConnStates); ++i)
     w.sample("endless_connections", std::string("state=\"") + kConnStates[i] + "\"", by_state[i]);
   w.head("endless_generation_connections", "gauge",

@@ -56,8 +56,11 @@ std::size_t method_index(std::string_view method) noexcept;
 class server_metrics {
  public:
   server_metrics();
-  // This thread's block (created on first use).
+  // This thread's block (taken from the free list or created on first use).
   metric_block& thread_block();
+  // A serving thread is about to exit: its block goes back to the free list (its counts stay
+  // in the sums; the next thread carries on counting into it).
+  void release_thread_block() noexcept;
 
   void count_request(std::string_view method, int status, std::uint64_t duration_ns) noexcept;
 
@@ -72,7 +75,9 @@ class server_metrics {
   const std::uint64_t id_;  // tells this server's blocks from another's in thread_local
   mutable std::mutex mu_;
   std::vector<std::unique_ptr<metric_block>> blocks_;
+  std::vector<metric_block*> free_;
   metrics_snapshot base_;  // carried over; set before serving
+  std::uint64_t base_duration_ns_ = 0;
 };
 
 // The Prometheus text exposition (format 0.0.4) of a server's and its process's metrics.

@@ -487,6 +487,7 @@ void run_loop(loop& l, std::uint64_t generation) {
     l.event_count = n > 0 ? n : 0;
     l.next_event.store(0, std::memory_order_relaxed);
   }
+  st.metrics.release_thread_block();
   io::tls_thread_exit();
   // Notify under the lock: once stop() sees no live thread it may free `st`, so nothing of
   // it may be touched after the unlock.

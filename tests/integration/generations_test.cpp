@@ -238,7 +238,7 @@ TEST_F(generations_test, an_upgrade_asked_for_meanwhile_is_passed_on) {
         auto rows = generations();
         return !rows.empty() && rows.back().generation == 3;
       },
-      10s))
+      15s))
       << read_file(log);
   EXPECT_EQ(count_lines(log, "while draining: passed on to the new process"), 1) << read_file(log);
 }
