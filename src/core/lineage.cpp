@@ -5,11 +5,12 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+
+#include "spawn.hpp"
 
 namespace endless::core {
 
@@ -33,10 +34,6 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free &&
               "the table is shared between processes: its atomics must be lock-free");
 
 namespace {
-
-int pidfd_open(pid_t pid) {
-  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-}
 
 bool exited(int pidfd) {
   pollfd p{pidfd, POLLIN, 0};
@@ -167,7 +164,7 @@ std::vector<std::string> lineage::hammer_oldest(std::size_t count, int signo) {
   for (auto& e : elders_) {
     if (out.size() == count) break;
     if (e.hammered) continue;
-    if (::syscall(SYS_pidfd_send_signal, e.pidfd.get(), signo, nullptr, 0) == 0) {
+    if (pidfd_signal(e.pidfd.get(), signo) == 0) {
       e.hammered = true;
       out.push_back(describe(e));
     }
@@ -179,8 +176,7 @@ std::vector<std::string> lineage::kill_hammered() {
   std::lock_guard lock(mu_);
   std::vector<std::string> out;
   for (auto& e : elders_) {
-    if (e.hammered && !exited(e.pidfd.get()) &&
-        ::syscall(SYS_pidfd_send_signal, e.pidfd.get(), SIGKILL, nullptr, 0) == 0) {
+    if (e.hammered && !exited(e.pidfd.get()) && pidfd_signal(e.pidfd.get(), SIGKILL) == 0) {
       out.push_back(describe(e));
     }
   }

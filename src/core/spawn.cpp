@@ -69,15 +69,15 @@ std::string describe(const siginfo_t& si) {
 
 constexpr auto kWaitPidfd = static_cast<idtype_t>(3);  // P_PIDFD (Linux 5.4)
 
-// Raw syscalls: glibc 2.36's <sys/pidfd.h> declares them without C linkage for C++.
-int pidfd_open(pid_t pid) {
+}  // namespace
+
+int pidfd_open(pid_t pid) noexcept {
   return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
 }
-int pidfd_kill(int pidfd) {
-  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0));
-}
 
-}  // namespace
+int pidfd_signal(int pidfd, int signo) noexcept {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, signo, nullptr, 0));
+}
 
 std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) {
   const int n = static_cast<int>(req.fds.size());
@@ -245,7 +245,7 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
 
 std::string kill_and_reap(const spawned& child) {
   if (!child.pidfd) return "not running";
-  pidfd_kill(child.pidfd.get());
+  pidfd_signal(child.pidfd.get(), SIGKILL);
   // SIGKILL takes effect at once unless the child is in uninterruptible sleep.
   pollfd p{child.pidfd.get(), POLLIN, 0};
   ::poll(&p, 1, 5000);

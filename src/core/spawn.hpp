@@ -43,6 +43,11 @@ struct spawned {
 // On failure returns an error and `why` says what failed ("exec /srv/app: No such file...").
 std::error_code spawn(const spawn_request& req, spawned& out, std::string& why);
 
+// pidfd_open(2) and pidfd_send_signal(2), raw syscalls (glibc 2.36's <sys/pidfd.h> declares
+// them without C linkage for C++): -1 with errno on failure.
+int pidfd_open(pid_t pid) noexcept;
+int pidfd_signal(int pidfd, int signo) noexcept;
+
 // Kills (SIGKILL) and reaps the child; returns how it ended, as text ("exited with status 1",
 // "was killed by signal 11 (Segmentation fault)"). Everything goes through the pidfd, so a
 // pid reaped elsewhere (SIGCHLD ignored, a waitpid(-1) reaper) and reused is never hit.

@@ -267,15 +267,7 @@ TEST_F(exhaustion_test, fd_limit_reached_while_passing_fds_fails_the_upgrade_cle
   EXPECT_EQ(r.x_pid, pid);
   // The server closes its ends of the freed connections once it reads their EOF (slowly
   // under a sanitizer): only then are there fds for the next upgrade.
-  auto open_fds = [&] {
-    std::size_t n = 0;
-    std::error_code ec;
-    for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
-         !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
-      ++n;
-    return n;
-  };
-  EXPECT_TRUE(wait_until([&] { return open_fds() <= 40; }, 15s)) << open_fds() << " fds open";
+  EXPECT_TRUE(wait_until([&] { return fd_count(pid) <= 40; }, 15s)) << fd_count(pid) << " fds open";
   pid_t next = upgrade(pid);
   ASSERT_GT(next, 0) << read_file(log);
   EXPECT_TRUE(procs.wait_gone(pid, 10s));
