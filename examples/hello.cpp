@@ -1,9 +1,10 @@
 // The example server of DESIGN.md, used by the demo, the tests and the benchmarks:
 //   hello --addr HOST:PORT [--pidfile FILE] [--hammer-time SECONDS] [--threads N]
-//         [--tls-cert FILE --tls-key FILE] [--h2c]
+//         [--tls-cert FILE --tls-key FILE] [--h2c] [--access-log]
 //   GET /                 200 "Hello Zero-Downtime!\n"
 //   GET /ping?seq=N&ms=M  waits M ms (blocking this handler only), then 200 "pong-N"
 //   GET /pid              the serving process's pid
+//   GET /healthz /readyz /metrics   liveness, readiness (503 once draining), Prometheus
 // Every response carries X-Pid. SIGHUP restarts it with zero downtime; SIGTERM drains.
 // With a certificate it serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN) and reloads the
 // certificate when its files change; --h2c adds HTTP/2 with prior knowledge on plain HTTP.
@@ -21,7 +22,7 @@ namespace {
 int usage(const char* why) {
   std::fprintf(stderr,
                "hello: %s\nusage: hello --addr HOST:PORT [--pidfile FILE] [--hammer-time SECONDS] "
-               "[--threads N] [--tls-cert FILE --tls-key FILE] [--h2c]\n",
+               "[--threads N] [--tls-cert FILE --tls-key FILE] [--h2c] [--access-log]\n",
                why);
   return 2;
 }
@@ -32,10 +33,15 @@ int main(int argc, char** argv) {
   namespace http = endless::http;
   http::server_options& o = http::defaults();
   o.addr = "127.0.0.1:8080";
+  bool access_log = false;
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
     if (flag == "--h2c") {
       o.http2.cleartext = true;
+      continue;
+    }
+    if (flag == "--access-log") {
+      access_log = true;
       continue;
     }
     if (i + 1 >= argc) return usage(("missing value for " + flag).c_str());
@@ -66,6 +72,7 @@ int main(int argc, char** argv) {
   }
   const std::string pid = std::to_string(::getpid());
   http::router r;
+  if (access_log) r.use(http::access_log());
   r.get("/", [](const http::request&, http::response& res) { res.text("Hello Zero-Downtime!\n"); });
   r.get("/pid", [&pid](const http::request&, http::response& res) { res.text(pid); });
   r.get("/ping", [](const http::request& req, http::response& res) {
@@ -81,5 +88,10 @@ int main(int argc, char** argv) {
     res.header("X-Pid", pid);
     r(req, res);
   });
+  // For load balancers and Prometheus (deploy/kubernetes): /readyz answers 503 once this
+  // process drains.
+  r.get("/healthz", srv.healthz_handler());
+  r.get("/readyz", srv.readyz_handler());
+  r.get("/metrics", srv.metrics_handler());
   return srv.listen_and_serve();
 }

@@ -151,6 +151,7 @@ void upgrader::impl::end_probation(const std::string& why) {
   const pid_t child = probation->child.pid;
   log_pid("probation over (" + why + "); new process " + std::to_string(child) +
           " keeps the service");
+  probation_end = {child, false, {}};
   probation.reset();  // our child still: reaped by whoever inherits it when we exit
   if (upgrade_owed) {
     upgrade_owed = false;
@@ -198,6 +199,8 @@ void upgrader::impl::on_probation_child_exited() {
                   (crashed ? "; a server here can't resume, no rollback" : ", not a crash"));
     return;
   }
+  probation_end = {child, true,
+                   how + " " + std::to_string(lived.count()) + " ms after taking over"};
   probation.reset();
   close_child_channel();
   if (upgrade_owed) {

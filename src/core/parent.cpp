@@ -17,6 +17,7 @@ void upgrader::impl::do_upgrade(std::optional<std::promise<std::error_code>> res
                                 const std::string& what) {
   auto refuse = [&](std::error_code ec, const std::string& why) {
     log_pid(why);
+    last_failure = why;
     if (result) result->set_value(ec);
   };
   switch (current.load()) {
@@ -107,6 +108,7 @@ void upgrader::impl::cancel_queued(const std::string& why) {
   auto waiting = std::move(queued->waiting);
   queued.reset();
   set_state(state::serving);
+  last_failure = "the queued upgrade was cancelled: " + why;
   for (auto& w : waiting)
     w.set_value(errc::aborted);
 }
@@ -125,13 +127,23 @@ void upgrader::impl::start_upgrade(const std::string& what,
     for (auto& w : waiting)
       w.set_value(ec);
   };
-  log_pid(what + ". forking.");
   // The new process could not even be started: count it, end systemd's reload, say why.
   auto cant_start = [&](std::error_code ec, const std::string& why) {
     count_failure(start_failed);
+    last_failure = why;
     notify("READY=1\nSTATUS=upgrade failed: " + why);
     refuse(ec, "upgrade failed: " + why + "; still serving.");
   };
+  if (pid == 1) {
+    // A container's init: when we exit at the end of the drain, the kernel kills everything
+    // left in the pid namespace, the new process included.
+    log_pid(what + ".");
+    return cant_start(std::make_error_code(std::errc::operation_not_permitted),
+                      "this process is PID 1 (a container's init): the new process would die "
+                      "with it at the end of the drain; run the server under an init that "
+                      "stays, or roll out new containers instead");
+  }
+  log_pid(what + ". forking.");
 
   int pair[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
@@ -226,6 +238,7 @@ void upgrader::impl::on_channel_readable() {
   }
   notify("MAINPID=" + std::to_string(child) + "\nREADY=1");
   upgrades++;
+  handed_to = child;
   log_pid("new process " + std::to_string(child) + " is ready; handing over.");
   if (on_probation) {
     // Watched for the probation: if it crashes meanwhile, we take the service back.
@@ -300,6 +313,7 @@ void upgrader::impl::fail_upgrade(std::error_code ec, const std::string& why) {
   std::string reason = why;
   if (ec == errc::child_exited) reason += " " + status + " before it was ready";
   count_failure(ec == errc::ready_timeout ? not_ready : exited);
+  last_failure = reason;
   log_pid("upgrade failed: " + reason + "; still serving.");
   auto waiting = end_upgrade();
   set_state(state::serving);
@@ -313,6 +327,8 @@ void upgrader::impl::abort_upgrade() {
   log_pid("upgrade aborted by shutdown; new process " + std::to_string(upgrade->child.pid) + " " +
           status);
   count_failure(aborted);
+  last_failure =
+      "aborted by a shutdown; new process " + std::to_string(upgrade->child.pid) + " " + status;
   auto waiting = end_upgrade();
   set_state(state::serving);
   for (auto& w : waiting)

@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #include "endless/core/error.hpp"
+#include "endless/core/upgrader.hpp"
 #include "protocol.hpp"
 
 namespace endless::core {
@@ -290,6 +291,11 @@ process_start take_snapshot() {
 process_start& startup() {
   static process_start snapshot = take_snapshot();
   return snapshot;
+}
+
+// upgrader.hpp
+std::uint64_t this_process_generation() noexcept {
+  return startup().env.generation;
 }
 
 }  // namespace endless::core

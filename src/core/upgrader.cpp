@@ -173,6 +173,9 @@ std::optional<int> upgrader::impl::poll_timeout_ms() const {
                              : std::optional<clock::time_point>(queued->hammer_at));
   }
   consider(channel_wait_until);
+  for (const auto& c : control_clients) {
+    if (c.at == control_client::phase::command) consider(c.deadline);
+  }
   if (!next) return std::nullopt;
   auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
   return static_cast<int>(std::clamp<long long>(ms, 0, 60'000));
@@ -204,7 +207,7 @@ void upgrader::impl::on_timers() {
 
 void upgrader::impl::loop() {
   for (;;) {
-    pollfd fds[8 + lineage::kSlots];
+    pollfd fds[8 + lineage::kSlots + 1 + kMaxControlClients];
     int n = 0;
     fds[n++] = {box->wake.get(), POLLIN, 0};
     int sig_at = -1, channel_at = -1, child_at = -1;
@@ -238,6 +241,15 @@ void upgrader::impl::loop() {
         if (n < static_cast<int>(std::size(fds))) fds[n++] = {fd, POLLIN, 0};
       }
     }
+    int control_at = -1;
+    const std::size_t control_count = control_clients.size();
+    if (control_open()) {
+      control_at = n;
+      fds[n++] = {control_listener.get(), POLLIN, 0};
+    }
+    const int clients_at = n;
+    for (const auto& c : control_clients)
+      fds[n++] = {c.fd.get(), POLLIN, 0};
     auto timeout = poll_timeout_ms();
     int rc = ::poll(fds, static_cast<nfds_t>(n), timeout ? *timeout : -1);
     if (rc < 0 && errno != EINTR) {
@@ -282,6 +294,15 @@ void upgrader::impl::loop() {
       }
     }
     on_timers();
+    if (rc > 0) {
+      for (std::size_t i = 0; i < control_count; ++i) {
+        if (fds[clients_at + static_cast<int>(i)].revents && control_clients[i].fd) {
+          on_control_readable(control_clients[i]);
+        }
+      }
+      if (control_at >= 0 && fds[control_at].revents) on_control_accept();
+    }
+    control_round();
     if (drained && current.load() != state::stopped) {
       {
         std::lock_guard lock(mu);
@@ -391,6 +412,7 @@ upgrader::upgrader(options opts) {
   try {
     impl_ = std::make_unique<impl>(std::move(opts));
     impl_->box->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    impl_->open_control();
     if (!impl_->box->wake) throw std::system_error(errno, std::system_category(), "eventfd");
     if (impl_->opts.handle_signals) {
       impl_->signals.emplace();

@@ -139,6 +139,30 @@ struct upgrader::impl {
   std::optional<clock::time_point> drain_began;  // for the lineage's drain statistics
   std::optional<clock::time_point> next_watchdog;
 
+  // The control socket (control.cpp): served while this process is serving or upgrading.
+  static constexpr std::size_t kMaxControlClients = 16;
+  struct control_client {
+    unique_fd fd;
+    std::string in;  // the command line, as it arrives
+    enum class phase { command, upgrade, probation, stop } at = phase::command;
+    clock::time_point deadline;            // phase::command: the line must come by then
+    std::future<std::error_code> outcome;  // phase::upgrade
+    pid_t new_pid = 0;                     // phase::probation
+    std::string who;                       // "pid P, uid U", for the log
+  };
+  unique_fd control_listener;
+  std::string control_path;
+  std::vector<control_client> control_clients;
+  // What the control clients wait for (thread): the last hand-over, the last probation's
+  // end, why the last upgrade failed.
+  pid_t handed_to = 0;
+  struct probation_result {
+    pid_t pid = 0;
+    bool rolled_back = false;
+    std::string how;
+  } probation_end;
+  std::string last_failure;
+
   // upgrader.cpp
   void post(command c) { box->post(std::move(c)); }
   // current, and this process's slot in the generation table.
@@ -176,6 +200,18 @@ struct upgrader::impl {
   void abort_upgrade();
   // Forgets the upgrade in flight; returns its callers, for the caller to answer.
   std::vector<std::promise<std::error_code>> end_upgrade();
+
+  // control.cpp
+  void open_control();
+  static void reply(control_client& c, const std::string& text);  // or drop the client
+  bool control_open() const;                                      // accepting control clients now
+  void on_control_accept();
+  void on_control_readable(control_client& c);
+  void control_command(control_client& c, std::string_view line);
+  // After each round of the loop: answers the clients whose upgrade or probation has an
+  // outcome now, drops those done or silent too long.
+  void control_round();
+  std::string status_text() const;
 
   // drain.cpp
   // SIGINT/SIGTERM or shutdown(): abort an upgrade in flight, then the final drain. `what`

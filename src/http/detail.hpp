@@ -37,6 +37,7 @@ struct access {
     r.trailers_.clear();
     r.body_.clear();
     r.streaming_ = false;
+    r.streamed_ = 0;
     r.chunked_ = false;
     r.head_only_ = head_only;
     r.close_ = close;

@@ -104,6 +104,7 @@ response& response::trailer(std::string_view name, std::string_view value) {
 bool response::write(std::string_view data) {
   if (!ok_ || !sink_) return false;
   if (!sink_->write_body(*this, data)) ok_ = false;
+  if (ok_) streamed_ += data.size();
   return ok_;
 }
 

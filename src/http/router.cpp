@@ -2,9 +2,11 @@
 
 #include <unistd.h>
 #include <chrono>
+#include <ctime>
 #include <stdexcept>
 
 #include "detail.hpp"
+#include "endless/core/upgrader.hpp"
 
 namespace endless::http {
 
@@ -203,17 +205,86 @@ void to_stderr(std::string_view line) {
 }
 }  // namespace
 
+namespace {
+
+// A quoted field of the access log: '"' and '\\' escaped, bytes outside printable ASCII
+// as \xHH (nginx's escaping), so that a request can't forge a line or a field.
+void append_escaped(std::string& out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c >= 0x7f) {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+}
+
+// "[21/Nov/2026:20:17:25 +0000]", formatted once a second per thread.
+std::string_view log_time(std::time_t now) {
+  thread_local std::time_t cached_at = -1;
+  thread_local char cached[40];
+  thread_local std::size_t cached_len = 0;
+  if (now != cached_at) {
+    std::tm tm{};
+    ::localtime_r(&now, &tm);
+    cached_len = std::strftime(cached, sizeof cached, "[%d/%b/%Y:%H:%M:%S %z]", &tm);
+    cached_at = now;
+  }
+  return {cached, cached_len};
+}
+
+}  // namespace
+
 middleware access_log(std::function<void(std::string_view)> sink) {
   if (!sink) sink = to_stderr;
-  return [sink](const request& req, response& res, const handler& next) {
+  const std::string process = " pid=" + std::to_string(::getpid()) +
+                              " gen=" + std::to_string(core::this_process_generation()) + " us=";
+  return [sink, process](const request& req, response& res, const handler& next) {
     auto start = std::chrono::steady_clock::now();
     next(req, res);
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(
                   std::chrono::steady_clock::now() - start)
                   .count();
-    sink(std::string(req.remote_address()) + " \"" + std::string(req.method()) + " " +
-         std::string(req.target()) + "\" " + std::to_string(res.status()) + " " +
-         std::to_string(us) + "us");
+    std::string line;
+    line.reserve(256);
+    // The client's address without its port: "127.0.0.1:5341" and "[::1]:5341".
+    std::string_view host = req.remote_address();
+    if (auto colon = host.rfind(':'); colon != std::string_view::npos) host = host.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+    }
+    line += host.empty() ? std::string_view("-") : host;
+    line += " - - ";
+    line += log_time(std::time(nullptr));
+    line += " \"";
+    append_escaped(line, req.method());
+    line += ' ';
+    append_escaped(line, req.target());
+    line += req.version_major() == 2   ? " HTTP/2.0\" "
+            : req.version_minor() == 0 ? " HTTP/1.0\" "
+                                       : " HTTP/1.1\" ";
+    line += std::to_string(res.status());
+    line += ' ';
+    line += std::to_string(res.body_bytes());
+    for (const char* name : {"Referer", "User-Agent"}) {
+      line += " \"";
+      auto v = req.header(name);
+      if (v) {
+        append_escaped(line, *v);
+      } else {
+        line += '-';
+      }
+      line += '"';
+    }
+    line += process;
+    line += std::to_string(us);
+    sink(line);
   };
 }
 

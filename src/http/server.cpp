@@ -753,6 +753,7 @@ int serve(std::initializer_list<server*> servers) {
   o.max_draining = first.max_draining;
   o.max_draining_wait = first.max_draining_wait;
   o.pid_file = first.pid_file;
+  o.control_socket = first.control_socket;
   o.log = first.log;
   std::vector<server::impl*> started;
   try {

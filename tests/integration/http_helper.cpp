@@ -4,6 +4,7 @@
 //   --max-body N  --hammer-time S  --drain-grace-ms N  --read-timeout-ms N  --log-states 1
 //   --defer-accept 0|1  --probation-ms N  --hand-over 0|1  --max-draining N
 //   --max-draining-wait-ms N  --start-delay-ms N (sleeps before serving)
+//   --access-log 1 (http::access_log() to stderr)  --control-socket PATH ("" for none)
 //   --fault-file F: read at start; "crash-after-ready" makes this process crash (SIGSEGV)
 //   1 s after it is ready, i.e. after the pid file names it (needs --pidfile);
 //   "no-hand-over" turns hand_over_idle off in this process.
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
   http::server_options& o = http::defaults();
   std::vector<std::string> addrs;
   bool log_states = false;
+  bool access_log = false;
   std::string sni_cert;
   std::string fault_file;
   milliseconds start_delay{0};
@@ -108,6 +110,10 @@ int main(int argc, char** argv) {
       o.hand_over_idle = v == "1";
     } else if (f == "--defer-accept") {
       o.defer_accept = v == "1";
+    } else if (f == "--access-log") {
+      access_log = v == "1";
+    } else if (f == "--control-socket") {
+      o.control_socket = v;
     } else if (f == "--log-states") {
       log_states = v == "1";
     } else {
@@ -143,6 +149,7 @@ int main(int argc, char** argv) {
     }
   }
   http::router r;
+  if (access_log) r.use(http::access_log());
   r.get("/", [](const http::request&, http::response& res) { res.text("Hello Zero-Downtime!\n"); });
   r.get("/pid", [&](const http::request&, http::response& res) { res.text(pid); });
   r.get("/sleep", [](const http::request& req, http::response& res) {

@@ -258,6 +258,36 @@ TEST_F(upgrade_test, full_disk_for_the_pid_file_rolls_back) {
   EXPECT_TRUE(wait_until([&] { return http_get(port, "/pid").x_pid == next; }, 5s));
 }
 
+// A server that is PID 1 (a container's init, here in a pid namespace of its own) refuses to
+// upgrade: its exit at the end of the drain would take the new process with it.
+TEST_F(upgrade_test, pid_1_refuses_to_upgrade_and_keeps_serving) {
+  const std::string unshare = run_command("command -v unshare | tr -d '\\n'");
+  if (unshare.empty()) GTEST_SKIP() << "no unshare";
+  if (run_command(unshare + " --pid --fork sh -c 'echo $$'") != "1\n") {
+    GTEST_SKIP() << "can't make a pid namespace here";
+  }
+  processes::spec s;
+  s.argv = {unshare, "--pid", "--fork", HELPER_PATH, "--pidfile", pidfile, "--addr", "127.0.0.1:0"};
+  s.log = log;
+  pid_t outer = procs.start(s);
+  ASSERT_TRUE(wait_until([&] { return read_pid(pidfile) == 1; }, 10s)) << read_file(log);
+  port = logged_port(log, 1);
+  ASSERT_GT(port, 0) << read_file(log);
+  // The helper as the test sees it: unshare's child.
+  pid_t helper = std::atoi(
+      read_file("/proc/" + std::to_string(outer) + "/task/" + std::to_string(outer) + "/children")
+          .c_str());
+  ASSERT_GT(helper, 0);
+  ::kill(helper, SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 10s))
+      << read_file(log);
+  EXPECT_EQ(count_lines(log, "this process is PID 1 (a container's init)"), 1) << read_file(log);
+  EXPECT_EQ(count_lines(log, "started new process"), 0) << read_file(log);
+  EXPECT_TRUE(http_get(port, "/pid").ok);
+  ::kill(helper, SIGTERM);
+  EXPECT_TRUE(procs.wait_gone(outer, 10s));
+}
+
 // A second SIGHUP while the first upgrade runs or while the old process drains is neither
 // lost nor doubled: the old process starts no second child, the new process upgrades once
 // more (protocol 'U'), so the binary on disk at the last signal ends up serving.

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -42,6 +43,12 @@ struct options {
   std::chrono::milliseconds max_draining_wait = kDefaultMaxDrainingWait;
   // Written (atomically) by whichever process is serving; empty for none.
   std::string pid_file;
+  // The control socket (docs/core.md, endlessctl): a unix socket, mode 0600, accepting only
+  // this process's user (or root), through which `endlessctl` asks for an upgrade and waits
+  // for its real outcome, reads the status, or stops the service. It is a listener like the
+  // others: every generation serves it in turn. Unset: next to the pid file, at
+  // control_socket_for(pid_file), none without a pid file. Empty: none.
+  std::optional<std::string> control_socket;
   // Empty: stderr, prefixed with the date and time like Go's log package.
   log_sink log;
   // Install handlers for SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2 (and SIGTSTP once a hook

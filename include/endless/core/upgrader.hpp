@@ -103,6 +103,16 @@ struct generation_info {
   bool self = false;             // this process
 };
 
+// Where the control socket lives by default: "<pid file>.ctl" (endlessctl finds it the same
+// way from --pidfile).
+inline std::string control_socket_for(std::string_view pid_file) {
+  return std::string(pid_file) + ".ctl";
+}
+
+// This process's generation (how many upgrades led to it), known from start-up; the same as
+// upgrader::generation(), without an upgrader.
+std::uint64_t this_process_generation() noexcept;
+
 class upgrader {
  public:
   // Installs the signal handlers and starts the upgrader's thread. Throws std::system_error

@@ -95,6 +95,8 @@ class response {
   // slow, up to the server's write_timeout. Returns false once the client is gone.
   bool write(std::string_view data);
   bool streaming() const noexcept { return streaming_; }
+  // The body's size so far: what send() set plus what write() streamed (for access logs).
+  std::uint64_t body_bytes() const noexcept { return body_.size() + streamed_; }
   // A trailer field, sent after the body (HTTP/2; HTTP/1.1 sends the response chunked to
   // carry it; HTTP/1.0 drops it). Add trailers before the last write() or before returning.
   response& trailer(std::string_view name, std::string_view value);
@@ -106,6 +108,7 @@ class response {
   std::string trailers_;  // the same form
   std::string body_;
   bool streaming_ = false;
+  std::uint64_t streamed_ = 0;
   bool chunked_ = false;
   bool head_only_ = false;  // a HEAD request: write the head, never the body
   bool close_ = false;      // the connection ends after this response

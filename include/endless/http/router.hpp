@@ -52,8 +52,14 @@ class router {
   std::unique_ptr<impl> impl_;
 };
 
-// Middleware: one access-log line per request (method, target, status, duration) to
-// `sink` (stderr when empty).
+// Middleware: one access-log line per request, off unless mounted (router::use), to `sink`
+// (stderr when empty, one write per line). NCSA combined log format, then the process:
+//   127.0.0.1 - - [21/Nov/2026:20:17:25 +0000] "GET /a?b=1 HTTP/1.1" 200 21 "-" "curl/7.88.1"
+//   pid=7266 gen=2 us=57
+// (one line): client address (no port; "-" on a unix socket), the request line, status,
+// body bytes, Referer, User-Agent, the serving pid, its generation (upgrades that led to it)
+// and the handler's duration in microseconds. Quotes, backslashes and bytes outside
+// printable ASCII in the quoted fields are escaped as \", \\ and \xHH.
 middleware access_log(std::function<void(std::string_view)> sink = {});
 // Middleware: an exception from the handler becomes a 500 and a log line (the server does
 // this anyway; use it to log through your own sink).

@@ -23,6 +23,7 @@
 #include <functional>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -111,6 +112,9 @@ struct server_options {
   int max_draining = core::kDefaultMaxDraining;
   std::chrono::milliseconds max_draining_wait = core::kDefaultMaxDrainingWait;
   std::string pid_file;
+  // endlessctl's control socket (core::options::control_socket): unset, next to the pid
+  // file ("<pid file>.ctl"); empty, none.
+  std::optional<std::string> control_socket;
   core::log_sink log;  // empty: stderr
   tls_options tls;
   http2_options http2;

@@ -1,0 +1,248 @@
+// The control socket: endlessctl's way in (docs/core.md, "The control socket").
+//
+// A unix stream socket, mode 0600, registered like any listener, so that every generation
+// serves the same path in turn: the process that is serving (or upgrading) accepts on it;
+// a starting or draining one leaves the queue to the other. Only this process's user or
+// root gets in (SO_PEERCRED, on top of the file mode).
+//
+// One command per connection, a line; the answer is lines, the last of them "ok ..." or
+// "error <reason> <text>":
+//   status        pid, state, generation, upgrade counters, a "process" line per generation
+//   upgrade       "started <pid>" or "queued ...", then "ready <pid> <generation>", then
+//                 (with a probation) "probation <ms>"; last "ok <pid> <generation>" once the
+//                 new process serves for good, or "error <reason> <why>" with reason one of
+//                 start_failed exited not_ready aborted rolled_back busy starting draining
+//   stop          "stopping <pid>"; the connection then stays open until this process exits
+//   stop hammer   the same, force-closing what is left here and in older generations at once
+// Everything runs on the upgrader's thread.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "endless/core/error.hpp"
+#include "startup.hpp"
+#include "upgrader_impl.hpp"
+
+namespace endless::core {
+namespace {
+
+constexpr std::size_t kMaxLine = 256;
+constexpr auto kCommandWait = std::chrono::seconds(5);
+
+// The reason word of a failed upgrade's answer.
+const char* reason_of(std::error_code ec) {
+  if (ec == errc::child_exited) return "exited";
+  if (ec == errc::ready_timeout) return "not_ready";
+  if (ec == errc::aborted) return "aborted";
+  if (ec == errc::draining) return "draining";
+  if (ec == errc::not_ready) return "starting";
+  return "start_failed";
+}
+
+}  // namespace
+
+void upgrader::impl::reply(control_client& c, const std::string& text) {
+  if (!c.fd) return;
+  ssize_t n;
+  do {
+    n = ::send(c.fd.get(), text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  // A few short lines: they fit an empty socket buffer whole, or the client is gone.
+  if (n != static_cast<ssize_t>(text.size())) c.fd.reset();
+}
+
+void upgrader::impl::open_control() {
+  control_path = opts.control_socket     ? *opts.control_socket
+                 : opts.pid_file.empty() ? std::string()
+                                         : control_socket_for(opts.pid_file);
+  if (control_path.empty()) return;
+  std::error_code ec;
+  std::string why;
+  unique_fd fd = registry::instance().listen("unix", control_path, ec, why);
+  if (!fd) {
+    startup().env.notes.push_back("no control socket: " + (why.empty() ? ec.message() : why));
+    control_path.clear();
+    return;
+  }
+  // Owner only. Between bind() and this the mode is the umask's: SO_PEERCRED covers that.
+  if (::chmod(control_path.c_str(), 0600) != 0) {
+    startup().env.notes.push_back("control socket " + control_path +
+                                  ": can't chmod 0600: " + std::strerror(errno));
+  }
+  ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
+  control_listener = std::move(fd);
+}
+
+bool upgrader::impl::control_open() const {
+  state s = current.load();
+  return control_listener && (s == state::serving || s == state::upgrading) &&
+         control_clients.size() < kMaxControlClients;
+}
+
+void upgrader::impl::on_control_accept() {
+  unique_fd fd(::accept4(control_listener.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  if (!fd) return;  // EAGAIN (another generation took it), ECONNABORTED, EMFILE: next round
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  control_client c;
+  c.fd = std::move(fd);
+  if (::getsockopt(c.fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+      (cred.uid != ::geteuid() && cred.uid != 0)) {
+    log_pid("control socket: refused a client of uid " + std::to_string(cred.uid) + " (pid " +
+            std::to_string(cred.pid) + "): only uid " + std::to_string(::geteuid()) +
+            " and root may control this server");
+    reply(c, "error denied uid " + std::to_string(cred.uid) + " may not control this server\n");
+    return;
+  }
+  c.who = "pid " + std::to_string(cred.pid) + ", uid " + std::to_string(cred.uid);
+  c.deadline = clock::now() + kCommandWait;
+  control_clients.push_back(std::move(c));
+}
+
+void upgrader::impl::on_control_readable(control_client& c) {
+  char buf[kMaxLine];
+  ssize_t n;
+  do {
+    n = ::recv(c.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EAGAIN) return;
+  if (n <= 0) {
+    c.fd.reset();  // gone: whatever it asked for goes on without it
+    return;
+  }
+  if (c.at != control_client::phase::command) return;  // one command per connection
+  c.in.append(buf, static_cast<std::size_t>(n));
+  auto eol = c.in.find('\n');
+  if (eol == std::string::npos) {
+    if (c.in.size() >= kMaxLine) {
+      reply(c, "error bad_command the command line is too long\n");
+      c.fd.reset();
+    }
+    return;
+  }
+  std::string line = c.in.substr(0, eol);
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  control_command(c, line);
+}
+
+void upgrader::impl::control_command(control_client& c, std::string_view line) {
+  using phase = control_client::phase;
+  const std::string via = " over the control socket (" + c.who + ")";
+  if (line == "status") {
+    reply(c, status_text() + "ok\n");
+    c.fd.reset();
+    return;
+  }
+  if (line == "upgrade") {
+    state s = current.load();
+    if (s != state::serving) {
+      std::string why =
+          s == state::upgrading
+              ? (upgrade ? "busy an upgrade is already running: new process " +
+                               std::to_string(upgrade->child.pid)
+                         : std::string("busy an upgrade is already waiting for an older "
+                                       "generation to exit"))
+          : s == state::starting ? std::string("starting this process is not ready yet")
+                                 : std::string("draining this process is shutting down");
+      log_pid("Upgrade requested" + via + ", but " + why.substr(why.find(' ') + 1) + "; refused.");
+      reply(c, "error " + why + "\n");
+      c.fd.reset();
+      return;
+    }
+    std::promise<std::error_code> result;
+    c.outcome = result.get_future();
+    c.at = phase::upgrade;
+    last_failure.clear();
+    do_upgrade(std::move(result), "Upgrade requested" + via);
+    if (upgrade) {
+      reply(c, "started " + std::to_string(upgrade->child.pid) + "\n");
+    } else if (queued) {
+      reply(c, "queued " + std::to_string(family.prune()) +
+                   " older generation(s) alive, max_draining " + std::to_string(max_draining) +
+                   "\n");
+    }
+    return;
+  }
+  if (line == "stop" || line == "stop hammer") {
+    reply(c, "stopping " + std::to_string(pid) + "\n");
+    c.at = phase::stop;  // kept open: EOF tells the client this process is gone
+    do_shutdown((line == "stop" ? "Stop requested" : "Stop (hammer) requested") + via);
+    if (line == "stop hammer") {
+      if (current.load() == state::draining) do_hammer();
+      if (probation) end_probation("hammered");
+      for (const auto& who : family.hammer_oldest(family.prune(), SIGUSR2))
+        log_pid("hammering " + who + ": stop (hammer) requested");
+    }
+    return;
+  }
+  log_pid("control socket: unknown command from " + c.who);
+  reply(c, "error bad_command unknown command (want status, upgrade, stop or stop hammer)\n");
+  c.fd.reset();
+}
+
+void upgrader::impl::control_round() {
+  using phase = control_client::phase;
+  auto now = clock::now();
+  const std::string next_generation = std::to_string(generation + 1);
+  for (auto& c : control_clients) {
+    if (!c.fd) continue;
+    if (c.at == phase::command && now >= c.deadline) {
+      reply(c, "error bad_command no command within 5 s\n");
+      c.fd.reset();
+    } else if (c.at == phase::upgrade &&
+               c.outcome.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+      std::error_code ec = c.outcome.get();
+      if (ec) {
+        reply(c, std::string("error ") + reason_of(ec) + " " +
+                     (last_failure.empty() ? ec.message() : last_failure) + "\n");
+        c.fd.reset();
+      } else if (probation && probation->child.pid == handed_to) {
+        reply(c, "ready " + std::to_string(handed_to) + " " + next_generation + "\nprobation " +
+                     std::to_string(opts.probation.count()) + "\n");
+        c.at = phase::probation;
+        c.new_pid = handed_to;
+      } else {
+        reply(c, "ready " + std::to_string(handed_to) + " " + next_generation + "\nok " +
+                     std::to_string(handed_to) + " " + next_generation + "\n");
+        c.fd.reset();
+      }
+    } else if (c.at == phase::probation && probation_end.pid == c.new_pid) {
+      reply(c, probation_end.rolled_back
+                   ? "error rolled_back new process " + std::to_string(c.new_pid) + " " +
+                         probation_end.how + "; pid " + std::to_string(pid) + " serves again\n"
+                   : "ok " + std::to_string(c.new_pid) + " " + next_generation + "\n");
+      c.fd.reset();
+    }
+  }
+  std::erase_if(control_clients, [](const control_client& c) { return !c.fd; });
+  // Draining for good (no probation to roll back from): the next generation serves the
+  // socket, or nobody (a final shutdown), and then a client should be refused, not queued.
+  state s = current.load();
+  if (control_listener && (s == state::draining || s == state::stopped) && !probation) {
+    control_listener.reset();
+  }
+}
+
+std::string upgrader::impl::status_text() const {
+  std::string out = "pid " + std::to_string(pid) + "\nstate " + to_string(current.load()) +
+                    "\ngeneration " + std::to_string(generation) + "\nupgrades " +
+                    std::to_string(upgrades.load()) + "\nfailed_upgrades " +
+                    std::to_string(failed_upgrades.load());
+  for (int r = 0; r < kReasons; ++r)
+    out += std::string(" ") + kFailureReasons[r] + "=" + std::to_string(failures[r].load());
+  out += "\n";
+  for (const auto& g : family.snapshot()) {
+    out += "process " + std::to_string(g.generation) + " " + std::to_string(g.pid) + " " +
+           to_string(g.current) + " " + std::to_string(g.connections) + (g.self ? " self" : "") +
+           "\n";
+  }
+  return out;
+}
+
+}  // namespace endless::core
