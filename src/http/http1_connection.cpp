@@ -204,7 +204,8 @@ void error_response(loop& l, connection& c, std::string& out, const h1::error& e
   out.append("\r\nConnection: close\r\n\r\n").append(body);
   c.closing = true;
   c.discarded = true;  // what follows a bad request is unread: linger
-  (void)l;
+  // Answered without a handler: counted by status, method unknown ("other").
+  l.srv->metrics.count_request({}, err.status, 0);
 }
 
 // The connection, as the sink a streaming handler writes to: blocking sends, bounded by

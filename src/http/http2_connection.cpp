@@ -624,8 +624,10 @@ bool dispatch(loop& l, connection& c, h2_stream& st) {
   bool owner = true;
   if (st.fields_too_large) {
     res.status(431).text("431 request header fields too large\n");
+    l.srv->metrics.count_request(st.method, 431, 0);
   } else if (st.body_too_large) {
     res.status(413).text("413 request body too large\n");
+    l.srv->metrics.count_request(st.method, 413, 0);
   } else {
     c.busy = true;
     timer_unlink(l, c);

@@ -220,13 +220,19 @@ TEST_F(metrics_test, counters_carry_over_three_upgrades) {
     ASSERT_TRUE(http_get(port, "/").ok);
   for (int i = 0; i < 5; ++i)
     ASSERT_EQ(http_get(port, "/nope").status, 404);
+  // Answered by the server itself, no handler: counted too.
+  auto bad = raw_exchange(port,
+                          "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+                          "Content-Length: 2\r\n\r\n");
+  ASSERT_EQ(bad.data.rfind("HTTP/1.1 400", 0), 0u) << bad.data;
   exposition first = scrape();
   EXPECT_EQ(first.at(kGet2xx), 10);
   EXPECT_EQ(first.at(kGet4xx), 5);
+  EXPECT_EQ(first.at("endless_http_requests_total{method=\"other\",code=\"4xx\"}"), 1);
   EXPECT_EQ(first.at("endless_restarts_total"), 0);
   EXPECT_EQ(first.at("endless_generation"), 0);
   EXPECT_EQ(first.types["endless_http_request_duration_seconds"], "histogram");
-  EXPECT_EQ(first.at("endless_http_request_duration_seconds_count"), 15);
+  EXPECT_EQ(first.at("endless_http_request_duration_seconds_count"), 16);
   EXPECT_GT(first.at("endless_http_received_bytes_total"), 0);
   EXPECT_GT(first.at("endless_http_sent_bytes_total"), 0);
   EXPECT_EQ(first.at("endless_restart_failures_total{reason=\"exited\"}"), 0);

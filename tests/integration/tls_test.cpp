@@ -266,6 +266,32 @@ TEST_F(tls_test, certbot_style_symlink_renewal_is_picked_up) {
   EXPECT_EQ(read_pid(pidfile), pid);
 }
 
+// A Kubernetes Secret volume: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/; an update
+// writes a new timestamped directory and renames a new ..data symlink over the old one (the
+// files the server names never change themselves).
+TEST_F(tls_test, kubernetes_secret_volume_update_is_picked_up) {
+  standard_pki();
+  make_cert("next", "localhost", "ca", 5);
+  const std::string vol = dir / "secret";
+  run_ok("mkdir -p " + vol + "/..2026_11_21_a && cp " + dir / "server.pem" + " " + vol +
+         "/..2026_11_21_a/tls.crt && cp " + dir / "server.key" + " " + vol +
+         "/..2026_11_21_a/tls.key && cd " + vol +
+         " && ln -s ..2026_11_21_a ..data && ln -s ..data/tls.crt tls.crt && ln -s ..data/tls.key "
+         "tls.key");
+  pid_t pid = start(
+      {"--addr", "127.0.0.1:0", "--tls-cert", vol + "/tls.crt", "--tls-key", vol + "/tls.key"}, {},
+      HTTP_HELPER_PATH);
+  ASSERT_NE(served_certificate().find("serial=01"), std::string::npos);
+  run_ok("mkdir -p " + vol + "/..2026_11_21_b && cp " + dir / "next.pem" + " " + vol +
+         "/..2026_11_21_b/tls.crt && cp " + dir / "next.key" + " " + vol +
+         "/..2026_11_21_b/tls.key && cd " + vol +
+         " && ln -s ..2026_11_21_b ..data_tmp && mv -T ..data_tmp ..data && rm -rf ..2026_11_21_a");
+  EXPECT_TRUE(
+      wait_until([&] { return served_certificate().find("serial=05") != std::string::npos; }, 10s))
+      << read_file(log);
+  EXPECT_EQ(read_pid(pidfile), pid);
+}
+
 TEST_F(tls_test, reload_certificates_api_reports_its_outcome) {
   standard_pki();
   make_cert("next", "localhost", "ca", 3);
