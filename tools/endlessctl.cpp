@@ -21,6 +21,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -69,8 +70,23 @@ class control_connection {
       return kUsage;
     }
     std::memcpy(un.sun_path, path_.data(), path_.size());
-    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0 || ::connect(fd_, reinterpret_cast<sockaddr*>(&un), sizeof un) != 0) {
+    // Non-blocking: a full backlog (a server whose control thread is stuck) must not hold
+    // us past the deadline.
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int rc = fd_ < 0 ? -1 : ::connect(fd_, reinterpret_cast<sockaddr*>(&un), sizeof un);
+    if (rc != 0 && fd_ >= 0 && errno == EAGAIN) {
+      // Unix sockets: EAGAIN while the backlog is full; retry until the deadline.
+      while (rc != 0 && errno == EAGAIN && clock_type::now() < deadline_) {
+        ::usleep(10'000);
+        rc = ::connect(fd_, reinterpret_cast<sockaddr*>(&un), sizeof un);
+      }
+      if (rc != 0 && errno == EAGAIN) {
+        std::fprintf(stderr, "endlessctl: %s accepts no connection (server stuck?)\n",
+                     path_.c_str());
+        return kTimedOut;
+      }
+    }
+    if (rc != 0) {
       int e = errno;
       const char* hint = e == ENOENT         ? " (no server, or one without a control socket)"
                          : e == ECONNREFUSED ? " (nobody serves it: the server is not running)"
@@ -78,6 +94,19 @@ class control_connection {
                                              : "";
       std::fprintf(stderr, "endlessctl: can't connect to %s: %s%s\n", path_.c_str(),
                    std::strerror(e), hint);
+      return kUnreachable;
+    }
+    // The other end must be the server's: its user (the same as ours) or root. A socket at
+    // that path made by anyone else could fake a verdict.
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+        (cred.uid != ::geteuid() && cred.uid != 0)) {
+      std::fprintf(stderr,
+                   "endlessctl: %s is served by uid %u, not by us (uid %u) or root; refusing to "
+                   "talk to it\n",
+                   path_.c_str(), static_cast<unsigned>(cred.uid),
+                   static_cast<unsigned>(::geteuid()));
       return kUnreachable;
     }
     std::string line = command + "\n";
@@ -115,7 +144,7 @@ class control_connection {
       if (rc <= 0) continue;
       char chunk[4096];
       ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
-      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
       if (n <= 0) {
         eof_ = true;  // a partial last line is dropped: the server always ends lines
         continue;
@@ -196,8 +225,22 @@ void wait_for_pid_file(const std::string& pidfile, pid_t pid, clock_type::time_p
   }
 }
 
+// "error draining" or "error starting": the process that answered is handing over to (or
+// taking over from) another generation; that one answers in a moment.
+bool ask_again(const std::string& line, clock_type::time_point until) {
+  auto w = words(line);
+  if (w.size() < 2 || w[0] != "error" || (w[1] != "draining" && w[1] != "starting")) return false;
+  if (clock_type::now() >= until) return false;
+  ::usleep(100'000);
+  return true;
+}
+
+constexpr auto kAskAgainFor = std::chrono::seconds(10);
+
 int do_upgrade(const std::string& path, const std::string& pidfile,
                clock_type::time_point deadline) {
+  auto ask_until = std::min(deadline, clock_type::now() + kAskAgainFor);
+again:
   control_connection c(path, deadline);
   if (int rc = c.connect_and_send("upgrade")) return rc;
   bool timed_out = false;
@@ -222,6 +265,7 @@ int do_upgrade(const std::string& path, const std::string& pidfile,
       std::printf("%s\n", w[1].c_str());
       return kOk;
     } else if (w[0] == "error") {
+      if (ask_again(*line, ask_until)) goto again;
       std::fprintf(stderr, "endlessctl: upgrade failed (%s)\n", w.size() > 1 ? w[1].c_str() : "?");
       return error_exit(*line);
     }
@@ -268,6 +312,8 @@ bool wait_gone(pid_t pid, clock_type::time_point deadline) {
 }
 
 int do_stop(const std::string& path, bool hammer, clock_type::time_point deadline) {
+  auto ask_until = std::min(deadline, clock_type::now() + kAskAgainFor);
+again:
   std::vector<pid_t> lineage;  // every generation alive, the serving one included
   if (int rc = do_status(path, deadline, &lineage)) return rc;
   control_connection c(path, deadline);
@@ -276,7 +322,11 @@ int do_stop(const std::string& path, bool hammer, clock_type::time_point deadlin
   auto first = c.next_line(&timed_out);
   if (!first) return lost("the stop", timed_out, path);
   auto w = words(*first);
-  if (w.empty() || w[0] != "stopping") return error_exit(*first);
+  if (w.empty() || w[0] != "stopping") {
+    if (ask_again(*first, ask_until)) goto again;
+    return error_exit(*first);
+  }
+  if (w.size() > 1) lineage.push_back(std::atoi(w[1].c_str()));
   std::fprintf(stderr, "endlessctl: pid %s is shutting down%s\n", w.size() > 1 ? w[1].c_str() : "?",
                hammer ? " (hammer)" : "");
   // The server keeps the connection until it exits.
@@ -319,7 +369,10 @@ int main(int argc, char** argv) {
       std::string v = value();
       char* end = nullptr;
       timeout_s = std::strtod(v.c_str(), &end);
-      if (end == v.c_str() || *end || timeout_s <= 0) usage("--timeout wants seconds > 0");
+      if (end == v.c_str() || *end || !std::isfinite(timeout_s) || timeout_s <= 0 ||
+          timeout_s > 86400 * 365) {
+        usage("--timeout wants seconds > 0");
+      }
     } else {
       usage(("unknown flag " + f + " for " + command).c_str());
     }

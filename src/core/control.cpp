@@ -71,7 +71,10 @@ void upgrader::impl::open_control() {
     return;
   }
   // Owner only. Between bind() and this the mode is the umask's: SO_PEERCRED covers that.
-  if (::chmod(control_path.c_str(), 0600) != 0) {
+  // (chmod() follows symlinks: only if the path is still a socket.)
+  struct stat st {};
+  if (::lstat(control_path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode) ||
+      ::chmod(control_path.c_str(), 0600) != 0) {
     startup().env.notes.push_back("control socket " + control_path +
                                   ": can't chmod 0600: " + std::strerror(errno));
   }
@@ -82,12 +85,24 @@ void upgrader::impl::open_control() {
 bool upgrader::impl::control_open() const {
   state s = current.load();
   return control_listener && (s == state::serving || s == state::upgrading) &&
-         control_clients.size() < kMaxControlClients;
+         control_clients.size() < kMaxControlClients &&
+         (!control_backoff || clock::now() >= *control_backoff);
 }
 
 void upgrader::impl::on_control_accept() {
+  // The state may have changed since poll() (a hand-over in this round): leave the client
+  // to the process that serves now.
+  if (!control_open()) return;
   unique_fd fd(::accept4(control_listener.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-  if (!fd) return;  // EAGAIN (another generation took it), ECONNABORTED, EMFILE: next round
+  if (!fd) {
+    // EAGAIN: another generation took it. Out of fds: the socket stays readable, so wait a
+    // little instead of spinning.
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      control_backoff = clock::now() + std::chrono::milliseconds(100);
+    }
+    return;
+  }
+  control_backoff.reset();
   ucred cred{};
   socklen_t len = sizeof cred;
   control_client c;
@@ -113,7 +128,13 @@ void upgrader::impl::on_control_readable(control_client& c) {
   } while (n < 0 && errno == EINTR);
   if (n < 0 && errno == EAGAIN) return;
   if (n <= 0) {
-    c.fd.reset();  // gone: whatever it asked for goes on without it
+    // EOF. Waiting for an answer, it may only have shut down its side (`echo upgrade | socat`):
+    // keep the connection for the answer, but stop polling it.
+    if (n == 0 && c.at != control_client::phase::command) {
+      c.peer_done = true;
+    } else {
+      c.fd.reset();  // gone: whatever it asked for goes on without it
+    }
     return;
   }
   if (c.at != control_client::phase::command) return;  // one command per connection
@@ -139,8 +160,29 @@ void upgrader::impl::control_command(control_client& c, std::string_view line) {
     c.fd.reset();
     return;
   }
+  // Accepted while serving, but handed over or shutting down since (in the same round of the
+  // loop): the process that serves now must answer. Retryable.
+  if (state s = current.load(); s != state::serving && s != state::upgrading) {
+    reply(c, std::string("error ") +
+                 (s == state::starting ? "starting this process is not ready yet"
+                                       : "draining this process is handing over or shutting "
+                                         "down; ask again") +
+                 "\n");
+    c.fd.reset();
+    return;
+  }
   if (line == "upgrade") {
     state s = current.load();
+    if (auto elder = family.elder_on_probation(); elder && s == state::serving) {
+      // An upgrade now would leave two processes serving if we crashed before it was ready
+      // and the elder took the service back.
+      log_pid("Upgrade requested" + via + ", but pid " + std::to_string(*elder) +
+              " is still on probation; refused.");
+      reply(c, "error busy pid " + std::to_string(*elder) +
+                   " is still on probation (it may take the service back); ask again\n");
+      c.fd.reset();
+      return;
+    }
     if (s != state::serving) {
       std::string why =
           s == state::upgrading
@@ -213,10 +255,9 @@ void upgrader::impl::control_round() {
         c.fd.reset();
       }
     } else if (c.at == phase::probation && probation_end.pid == c.new_pid) {
-      reply(c, probation_end.rolled_back
-                   ? "error rolled_back new process " + std::to_string(c.new_pid) + " " +
-                         probation_end.how + "; pid " + std::to_string(pid) + " serves again\n"
-                   : "ok " + std::to_string(c.new_pid) + " " + next_generation + "\n");
+      reply(c, probation_end.failure.empty()
+                   ? "ok " + std::to_string(c.new_pid) + " " + next_generation + "\n"
+                   : "error " + probation_end.failure + " " + probation_end.how + "\n");
       c.fd.reset();
     }
   }

@@ -151,8 +151,9 @@ void upgrader::impl::end_probation(const std::string& why) {
   const pid_t child = probation->child.pid;
   log_pid("probation over (" + why + "); new process " + std::to_string(child) +
           " keeps the service");
-  probation_end = {child, false, {}};
+  probation_end = {child, {}, {}};
   probation.reset();  // our child still: reaped by whoever inherits it when we exit
+  family.publish_probation(false);
   if (upgrade_owed) {
     upgrade_owed = false;
     if (pass_on_upgrade()) {
@@ -197,11 +198,20 @@ void upgrader::impl::on_probation_child_exited() {
   if (!crashed || !resumable) {
     end_probation("new process " + std::to_string(child) + " " + how +
                   (crashed ? "; a server here can't resume, no rollback" : ", not a crash"));
+    // Whoever waits for this upgrade's verdict: it did not end well, even without a rollback.
+    probation_end = {child, "exited",
+                     "new process " + std::to_string(child) + " " + how + " " +
+                         std::to_string(lived.count()) + " ms after taking over" +
+                         (crashed ? "; no rollback: a server here can't resume"
+                                  : "; not a crash, so no rollback")};
     return;
   }
-  probation_end = {child, true,
-                   how + " " + std::to_string(lived.count()) + " ms after taking over"};
+  probation_end = {child, "rolled_back",
+                   "new process " + std::to_string(child) + " " + how + " " +
+                       std::to_string(lived.count()) + " ms after taking over; pid " +
+                       std::to_string(pid) + " serves again"};
   probation.reset();
+  family.publish_probation(false);
   close_child_channel();
   if (upgrade_owed) {
     upgrade_owed = false;

@@ -20,6 +20,9 @@ struct alignas(64) lineage::slot {
   std::atomic<std::int32_t> pid;
   std::atomic<std::uint32_t> st;  // state
   std::atomic<std::int64_t> connections;
+  // 1 while its process is on probation (may take the service back from its new process).
+  // A table made by an earlier build has zeros here: never on probation.
+  std::atomic<std::uint32_t> on_probation;
 };
 
 struct lineage::table {
@@ -112,6 +115,23 @@ lineage::slot* lineage::slot_of(std::uint64_t generation) const noexcept {
 void lineage::publish_state(state s) noexcept {
   local_state_.store(static_cast<std::uint32_t>(s));
   if (mine_) mine_->st.store(static_cast<std::uint32_t>(s));
+}
+
+void lineage::publish_probation(bool on) noexcept {
+  if (mine_) mine_->on_probation.store(on ? 1 : 0);
+}
+
+std::optional<pid_t> lineage::elder_on_probation() const {
+  std::lock_guard lock(mu_);
+  for (const auto& e : elders_) {
+    if (exited(e.pidfd.get())) continue;
+    const slot* s = slot_of(e.generation);
+    if (s && s->generation_plus_1.load() == e.generation + 1 && s->pid.load() == e.pid &&
+        s->on_probation.load() != 0) {
+      return e.pid;
+    }
+  }
+  return std::nullopt;
 }
 
 void lineage::add_connections(std::int64_t delta) noexcept {

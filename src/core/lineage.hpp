@@ -19,6 +19,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,10 @@ class lineage {
   void init(startup_env& env, pid_t self, std::uint64_t generation, std::string& note);
 
   void publish_state(state s) noexcept;
+  void publish_probation(bool on) noexcept;
+  // An older generation, alive, that is on probation: it may still take the service back
+  // from its new process (our parent, or the one before). Its pid.
+  std::optional<pid_t> elder_on_probation() const;
   void add_connections(std::int64_t delta) noexcept;
   std::int64_t connections() const noexcept;
 

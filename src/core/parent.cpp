@@ -239,11 +239,13 @@ void upgrader::impl::on_channel_readable() {
   notify("MAINPID=" + std::to_string(child) + "\nREADY=1");
   upgrades++;
   handed_to = child;
+  probation_end = {};  // a verdict of an earlier upgrade is not this one's
   log_pid("new process " + std::to_string(child) + " is ready; handing over.");
   if (on_probation) {
     // Watched for the probation: if it crashes meanwhile, we take the service back.
     auto now = clock::now();
     probation = probation_watch{std::move(upgrade->child), now, now + opts.probation};
+    family.publish_probation(true);
   }
   {
     // Kept for the connection hand-over and the new process's 'D' (protocol.hpp). Each

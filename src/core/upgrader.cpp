@@ -176,6 +176,7 @@ std::optional<int> upgrader::impl::poll_timeout_ms() const {
   for (const auto& c : control_clients) {
     if (c.at == control_client::phase::command) consider(c.deadline);
   }
+  consider(control_backoff);
   if (!next) return std::nullopt;
   auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
   return static_cast<int>(std::clamp<long long>(ms, 0, 60'000));
@@ -236,20 +237,27 @@ void upgrader::impl::loop() {
       fds[n++] = {parent_channel.get(), POLLIN, 0};
     }
     // A queued upgrade goes on when an older generation exits (on_timers() looks).
+    // (Room is kept for the control socket and its clients below.)
     if (queued) {
+      const int room = static_cast<int>(std::size(fds) - 1 - kMaxControlClients);
       for (int fd : family.elder_pidfds()) {
-        if (n < static_cast<int>(std::size(fds))) fds[n++] = {fd, POLLIN, 0};
+        if (n < room) fds[n++] = {fd, POLLIN, 0};
       }
     }
     int control_at = -1;
-    const std::size_t control_count = control_clients.size();
     if (control_open()) {
       control_at = n;
       fds[n++] = {control_listener.get(), POLLIN, 0};
     }
+    // Clients still talking, by index (control_clients only grows during the round).
+    std::size_t polled[kMaxControlClients];
     const int clients_at = n;
-    for (const auto& c : control_clients)
-      fds[n++] = {c.fd.get(), POLLIN, 0};
+    std::size_t polled_count = 0;
+    for (std::size_t i = 0; i < control_clients.size() && polled_count < kMaxControlClients; ++i) {
+      if (control_clients[i].peer_done) continue;
+      polled[polled_count++] = i;
+      fds[n++] = {control_clients[i].fd.get(), POLLIN, 0};
+    }
     auto timeout = poll_timeout_ms();
     int rc = ::poll(fds, static_cast<nfds_t>(n), timeout ? *timeout : -1);
     if (rc < 0 && errno != EINTR) {
@@ -295,10 +303,9 @@ void upgrader::impl::loop() {
     }
     on_timers();
     if (rc > 0) {
-      for (std::size_t i = 0; i < control_count; ++i) {
-        if (fds[clients_at + static_cast<int>(i)].revents && control_clients[i].fd) {
-          on_control_readable(control_clients[i]);
-        }
+      for (std::size_t k = 0; k < polled_count; ++k) {
+        auto& c = control_clients[polled[k]];
+        if (fds[clients_at + static_cast<int>(k)].revents && c.fd) on_control_readable(c);
       }
       if (control_at >= 0 && fds[control_at].revents) on_control_accept();
     }

@@ -149,6 +149,7 @@ struct upgrader::impl {
     std::future<std::error_code> outcome;  // phase::upgrade
     pid_t new_pid = 0;                     // phase::probation
     std::string who;                       // "pid P, uid U", for the log
+    bool peer_done = false;                // it shut down its side: not polled any more
   };
   unique_fd control_listener;
   std::string control_path;
@@ -158,10 +159,11 @@ struct upgrader::impl {
   pid_t handed_to = 0;
   struct probation_result {
     pid_t pid = 0;
-    bool rolled_back = false;
-    std::string how;
+    std::string failure;  // empty: it serves for good; else the reason word (rolled_back...)
+    std::string how;      // the failure in words
   } probation_end;
   std::string last_failure;
+  std::optional<clock::time_point> control_backoff;  // accept failed for lack of fds
 
   // upgrader.cpp
   void post(command c) { box->post(std::move(c)); }

@@ -241,50 +241,69 @@ std::string_view log_time(std::time_t now) {
 
 }  // namespace
 
+namespace {
+
+void write_access_line(const std::function<void(std::string_view)>& sink,
+                       const std::string& process, const request& req, int status,
+                       std::uint64_t bytes, std::chrono::steady_clock::time_point start) {
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() -
+                                                                  start)
+                .count();
+  std::string line;
+  line.reserve(256);
+  // The client's address without its port: "127.0.0.1:5341" and "[::1]:5341".
+  std::string_view host = req.remote_address();
+  if (auto colon = host.rfind(':'); colon != std::string_view::npos) host = host.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  line += host.empty() ? std::string_view("-") : host;
+  line += " - - ";
+  line += log_time(std::time(nullptr));
+  line += " \"";
+  append_escaped(line, req.method());
+  line += ' ';
+  append_escaped(line, req.target());
+  line += req.version_major() == 2   ? " HTTP/2.0\" "
+          : req.version_minor() == 0 ? " HTTP/1.0\" "
+                                     : " HTTP/1.1\" ";
+  line += std::to_string(status);
+  line += ' ';
+  line += std::to_string(bytes);
+  for (const char* name : {"Referer", "User-Agent"}) {
+    line += " \"";
+    auto v = req.header(name);
+    if (v) {
+      append_escaped(line, *v);
+    } else {
+      line += '-';
+    }
+    line += '"';
+  }
+  line += process;
+  line += std::to_string(us);
+  sink(line);
+}
+
+}  // namespace
+
 middleware access_log(std::function<void(std::string_view)> sink) {
   if (!sink) sink = to_stderr;
   const std::string process = " pid=" + std::to_string(::getpid()) +
                               " gen=" + std::to_string(core::this_process_generation()) + " us=";
   return [sink, process](const request& req, response& res, const handler& next) {
     auto start = std::chrono::steady_clock::now();
-    next(req, res);
-    auto us = std::chrono::duration_cast<std::chrono::microseconds>(
-                  std::chrono::steady_clock::now() - start)
-                  .count();
-    std::string line;
-    line.reserve(256);
-    // The client's address without its port: "127.0.0.1:5341" and "[::1]:5341".
-    std::string_view host = req.remote_address();
-    if (auto colon = host.rfind(':'); colon != std::string_view::npos) host = host.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-      host = host.substr(1, host.size() - 2);
+    try {
+      next(req, res);
+    } catch (...) {
+      // The server answers 500 (or ends a stream it had begun); the line says so.
+      write_access_line(sink, process, req, 500, 0, start);
+      throw;
     }
-    line += host.empty() ? std::string_view("-") : host;
-    line += " - - ";
-    line += log_time(std::time(nullptr));
-    line += " \"";
-    append_escaped(line, req.method());
-    line += ' ';
-    append_escaped(line, req.target());
-    line += req.version_major() == 2   ? " HTTP/2.0\" "
-            : req.version_minor() == 0 ? " HTTP/1.0\" "
-                                       : " HTTP/1.1\" ";
-    line += std::to_string(res.status());
-    line += ' ';
-    line += std::to_string(res.body_bytes());
-    for (const char* name : {"Referer", "User-Agent"}) {
-      line += " \"";
-      auto v = req.header(name);
-      if (v) {
-        append_escaped(line, *v);
-      } else {
-        line += '-';
-      }
-      line += '"';
-    }
-    line += process;
-    line += std::to_string(us);
-    sink(line);
+    // Bytes of body on the wire: none for HEAD, 204 and 304 whatever the handler set.
+    const int status = res.status();
+    const bool bodiless = req.method() == "HEAD" || status == 204 || status == 304;
+    write_access_line(sink, process, req, status, bodiless ? 0 : res.body_bytes(), start);
   };
 }
 

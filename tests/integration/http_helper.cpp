@@ -7,6 +7,7 @@
 //   --access-log 1 (http::access_log() to stderr)  --control-socket PATH ("" for none)
 //   --fault-file F: read at start; "crash-after-ready" makes this process crash (SIGSEGV)
 //   1 s after it is ready, i.e. after the pid file names it (needs --pidfile);
+//   "exit-after-ready" makes it exit with status 0 at that time instead (not a crash);
 //   "no-hand-over" turns hand_over_idle off in this process.
 //   --tls-cert F --tls-key F  --sni-cert F --sni-key F (repeatable)  --client-ca F
 //   --verify-client none|optional|required  --handshake-timeout-ms N  --tls13-only 1
@@ -130,8 +131,9 @@ int main(int argc, char** argv) {
       std::fclose(f);
     }
     if (fault.rfind("no-hand-over", 0) == 0) o.hand_over_idle = false;
-    if (fault.rfind("crash-after-ready", 0) == 0) {
-      std::thread([pidfile = o.pid_file, self = ::getpid()] {
+    const bool crash = fault.rfind("crash-after-ready", 0) == 0;
+    if (crash || fault.rfind("exit-after-ready", 0) == 0) {
+      std::thread([pidfile = o.pid_file, self = ::getpid(), crash] {
         for (int i = 0; i < 3000; ++i) {  // up to 30 s
           char buf[32] = {};
           if (FILE* f = std::fopen(pidfile.c_str(), "r")) {
@@ -142,6 +144,11 @@ int main(int argc, char** argv) {
           std::this_thread::sleep_for(milliseconds(10));
         }
         std::this_thread::sleep_for(milliseconds(1000));
+        if (!crash) {
+          std::fprintf(stderr, "%d exiting (status 0) on purpose (fault file)\n",
+                       static_cast<int>(self));
+          std::_Exit(0);
+        }
         std::fprintf(stderr, "%d crashing on purpose (fault file)\n", static_cast<int>(self));
         ::signal(SIGSEGV, SIG_DFL);  // die by the signal even under a sanitizer's handler
         ::raise(SIGSEGV);

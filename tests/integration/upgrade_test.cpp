@@ -266,6 +266,10 @@ TEST_F(upgrade_test, pid_1_refuses_to_upgrade_and_keeps_serving) {
   if (run_command(unshare + " --pid --fork sh -c 'echo $$'") != "1\n") {
     GTEST_SKIP() << "can't make a pid namespace here";
   }
+  // How the test finds the helper from outside (CONFIG_PROC_CHILDREN).
+  if (!std::filesystem::exists("/proc/self/task/" + std::to_string(::getpid()) + "/children")) {
+    GTEST_SKIP() << "no /proc/<pid>/task/<tid>/children";
+  }
   processes::spec s;
   s.argv = {unshare, "--pid", "--fork", HELPER_PATH, "--pidfile", pidfile, "--addr", "127.0.0.1:0"};
   s.log = log;
@@ -278,6 +282,7 @@ TEST_F(upgrade_test, pid_1_refuses_to_upgrade_and_keeps_serving) {
       read_file("/proc/" + std::to_string(outer) + "/task/" + std::to_string(outer) + "/children")
           .c_str());
   ASSERT_GT(helper, 0);
+  procs.track(helper);  // killing unshare would leave it running
   ::kill(helper, SIGHUP);
   ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 10s))
       << read_file(log);
