@@ -15,6 +15,11 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENDLESS_WERROR=ON \
   -DENDLESS_SANITIZE="$sanitize"
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j 2 --timeout 300
+# The installed package, used the ways a user would: CMake (static, shared), pkg-config,
+# FetchContent (plain build only: the consumers are built without sanitizers).
+if [ -z "$sanitize" ]; then tests/package/run.sh "$build"; fi
+# The API reference: Doxygen, no warning allowed.
+if [ -z "$sanitize" ]; then scripts/docs.sh; fi
 # Every example under valgrind's memcheck (plain build only: not beside a sanitizer).
 if [ -z "$sanitize" ]; then scripts/valgrind.sh "$build"; fi
 # The fuzz targets, 20 s each (five: about two minutes with the build; scripts/fuzz.sh N

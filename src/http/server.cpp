@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "detail.hpp"
@@ -814,6 +816,19 @@ int serve(std::initializer_list<server*> servers) {
     std::string line = std::string("endless: ") + e.what() + "\n";
     (void)!::write(2, line.data(), line.size());
     return 1;
+  }
+  // A handler still blocked after the hammer (and the 2 s stop() gave it) may wake up any
+  // time and use what the program is about to destroy (the router, the handler's captures).
+  // Go ends every goroutine when main returns; end the process now, the same way.
+  std::size_t stuck = 0;
+  for (server* s : servers)
+    stuck += s->impl_->st.live_threads.load();
+  if (stuck != 0) {
+    std::string line = std::to_string(::getpid()) + " " + std::to_string(stuck) +
+                       " handler thread(s) still running after the hammer; exiting now\n";
+    (void)!::write(2, line.data(), line.size());
+    std::fflush(nullptr);
+    std::_Exit(0);
   }
   return 0;
 }

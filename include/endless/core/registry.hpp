@@ -34,45 +34,45 @@ struct inherited_fd;
 
 class registry {
  public:
-  // The process-wide registry, holding what this process inherited.
+  /// The process-wide registry, holding what this process inherited.
   static registry& instance();
 
-  // A registry adopting `inherited` (fds it now owns); for tests and embedding.
+  /// A registry adopting `inherited` (fds it now owns); for tests and embedding.
   explicit registry(std::vector<inherited_fd> inherited, bool from_parent = false);
   ~registry();
   registry(const registry&) = delete;
   registry& operator=(const registry&) = delete;
 
-  // A listening socket for `network` ("tcp", "tcp4", "tcp6", "unix") and `address`, or the
-  // inherited one. Throws std::system_error with the address and the reason.
+  /// A listening socket for `network` ("tcp", "tcp4", "tcp6", "unix") and `address`, or the
+  /// inherited one. Throws std::system_error with the address and the reason.
   unique_fd listen(std::string_view network, std::string_view address);
   unique_fd listen(std::string_view network, std::string_view address,
                    std::error_code& ec) noexcept;
-  // Like listen(), with the reason for a failure in words.
+  /// Like listen(), with the reason for a failure in words.
   unique_fd listen(std::string_view network, std::string_view address, std::error_code& ec,
                    std::string& why) noexcept;
 
-  // The inherited fd registered under `name`, now claimed (it will be passed on again), or
-  // an empty unique_fd. Returns a duplicate.
+  /// The inherited fd registered under `name`, now claimed (it will be passed on again), or
+  /// an empty unique_fd. Returns a duplicate.
   unique_fd take(std::string_view name);
-  // Pass a duplicate of `fd` to the next process under `name` (replaces an entry).
+  /// Pass a duplicate of `fd` to the next process under `name` (replaces an entry).
   void add(std::string name, int fd);
 
   struct handover_fd {
     std::string name;
-    unique_fd fd;  // a duplicate, made under the registry's lock
+    unique_fd fd;  ///< a duplicate, made under the registry's lock
     bool owns_path;
   };
-  // What goes to the next process: every listener created or claimed, and added fds.
-  // Fails (with `ec` set and nothing returned) if a duplicate can't be made (EMFILE).
+  /// What goes to the next process: every listener created or claimed, and added fds.
+  /// Fails (with `ec` set and nothing returned) if a duplicate can't be made (EMFILE).
   std::vector<handover_fd> handover(std::error_code& ec) const;
   std::vector<handover_fd> handover() const;
 
-  // After ready(): inherited fds nobody claimed are closed (a new config dropped them).
-  // Returns the names closed.
+  /// After ready(): inherited fds nobody claimed are closed (a new config dropped them).
+  /// Returns the names closed.
   std::vector<std::string> close_unclaimed();
-  // Drain step 1 for this process's copies. On a final shutdown (`final`), unix socket paths
-  // this lineage created are unlinked, if they still name our socket.
+  /// Drain step 1 for this process's copies. On a final shutdown (`final`), unix socket paths
+  /// this lineage created are unlinked, if they still name our socket.
   void close_all(bool final);
 
   bool inherited_from_parent() const noexcept { return from_parent_; }

@@ -25,7 +25,7 @@ class unique_fd {
   int get() const noexcept { return fd_; }
   explicit operator bool() const noexcept { return fd_ >= 0; }
 
-  // Gives up ownership without closing.
+  /// Gives up ownership without closing.
   [[nodiscard]] int release() noexcept { return std::exchange(fd_, -1); }
 
   void reset(int fd = -1) noexcept {

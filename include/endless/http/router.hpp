@@ -38,12 +38,12 @@ class router {
   router& del(std::string_view pattern, handler h) {
     return handle("DELETE", pattern, std::move(h));
   }
-  // Any method name; "*" matches every method. Throws std::invalid_argument on a bad
-  // pattern or a route registered twice.
+  /// Any method name; "*" matches every method. Throws std::invalid_argument on a bad
+  /// pattern or a route registered twice.
   router& handle(std::string_view method, std::string_view pattern, handler h);
   router& use(middleware m);
 
-  // Dispatches: the router is itself a handler.
+  /// Dispatches: the router is itself a handler.
   void operator()(const request& req, response& res) const;
 
  private:
@@ -52,17 +52,17 @@ class router {
   std::unique_ptr<impl> impl_;
 };
 
-// Middleware: one access-log line per request, off unless mounted (router::use), to `sink`
-// (stderr when empty, one write per line). NCSA combined log format, then the process:
-//   127.0.0.1 - - [21/Nov/2026:20:17:25 +0000] "GET /a?b=1 HTTP/1.1" 200 21 "-" "curl/7.88.1"
-//   pid=7266 gen=2 us=57
-// (one line): client address (no port; "-" on a unix socket), the request line, status,
-// body bytes, Referer, User-Agent, the serving pid, its generation (upgrades that led to it)
-// and the handler's duration in microseconds. Quotes, backslashes and bytes outside
-// printable ASCII in the quoted fields are escaped as \", \\ and \xHH.
+/// Middleware: one access-log line per request, off unless mounted (router::use), to `sink`
+/// (stderr when empty, one write per line). NCSA combined log format, then the process:
+///   127.0.0.1 - - [21/Nov/2026:20:17:25 +0000] "GET /a?b=1 HTTP/1.1" 200 21 "-" "curl/7.88.1"
+///   pid=7266 gen=2 us=57
+/// (one line): client address (no port; "-" on a unix socket), the request line, status,
+/// body bytes, Referer, User-Agent, the serving pid, its generation (upgrades that led to it)
+/// and the handler's duration in microseconds. Quotes, backslashes and bytes outside
+/// printable ASCII in the quoted fields are escaped as `\"`, `\\` and `\xHH`.
 middleware access_log(std::function<void(std::string_view)> sink = {});
-// Middleware: an exception from the handler becomes a 500 and a log line (the server does
-// this anyway; use it to log through your own sink).
+/// Middleware: an exception from the handler becomes a 500 and a log line (the server does
+/// this anyway; use it to log through your own sink).
 middleware recovery(std::function<void(std::string_view)> sink = {});
 
 }  // namespace endless::http
