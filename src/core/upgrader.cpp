@@ -154,7 +154,9 @@ void upgrader::impl::on_signal(int signo) {
       if (probation) end_probation("hammered");
       break;
     default:
-      break;  // SIGUSR1, SIGTSTP: hooks only
+      // SIGUSR1, SIGTSTP: hooks only (endless logs them the same way)
+      log_pid(signo == SIGUSR1 ? "Received SIGUSR1." : "Received SIGTSTP.");
+      break;
   }
   run_hooks(hook::post_signal, signo);
 }

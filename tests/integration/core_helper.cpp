@@ -3,10 +3,12 @@
 //   --addr HOST:PORT (repeatable)  --unix PATH (repeatable)  --pidfile F
 //   --hammer-time S  --upgrade-timeout MS  --fault-file F  --hooks  --chdir DIR
 //   --udp NAME   pass a UDP socket along under NAME (created if not inherited)
+//   --open-file F   open F without O_CLOEXEC and keep it open (the first process only)
 // The fault file is read at start: "exit1", "noready", "segv" make this process fail in
 // that way before it is ready (the test writes the file just before sending SIGHUP).
 // Routes: / /pid /inode /fds /version /generation /sleep?ms=N /udp /env /upgrade
 #include <dirent.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -101,6 +103,13 @@ int main(int argc, char** argv) {
       udp_name = value();
     } else if (flag == "--hooks") {
       hooks = true;
+    } else if (flag == "--open-file") {
+      // Opened without O_CLOEXEC and kept, as a careless library would, by the first process
+      // only: it must not reach the new process of an upgrade.
+      std::string path = value();
+      if (endless::core::this_process_generation() == 0 && ::open(path.c_str(), O_RDONLY) < 0) {
+        return 2;
+      }
     } else {
       std::fprintf(stderr, "core_helper: unknown flag %s\n", flag.c_str());
       return 2;

@@ -258,6 +258,26 @@ TEST_F(upgrade_test, full_disk_for_the_pid_file_rolls_back) {
   EXPECT_TRUE(wait_until([&] { return http_get(port, "/pid").x_pid == next; }, 5s));
 }
 
+// An fd the application opened without O_CLOEXEC stays out of the new process: only the
+// listeners and the protocol's fds cross an upgrade.
+TEST_F(upgrade_test, fds_opened_without_cloexec_do_not_reach_the_new_process) {
+  const std::string marker = dir / "leak-marker";
+  write_file(marker, "x");
+  pid_t a = start({"--addr", "127.0.0.1:0", "--open-file", marker});
+  auto holds_marker = [&](pid_t p) {
+    std::error_code ec;
+    for (const auto& e :
+         std::filesystem::directory_iterator("/proc/" + std::to_string(p) + "/fd", ec)) {
+      if (std::filesystem::read_symlink(e.path(), ec).string() == marker) return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(holds_marker(a)) << "the helper did not open it";
+  pid_t b = upgrade(a);
+  ASSERT_GT(b, 0);
+  EXPECT_FALSE(holds_marker(b)) << "the new process inherited an fd it was never given";
+}
+
 // A server that is PID 1 (a container's init, here in a pid namespace of its own) refuses to
 // upgrade: its exit at the end of the drain would take the new process with it.
 TEST_F(upgrade_test, pid_1_refuses_to_upgrade_and_keeps_serving) {
