@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh g++ make cmake pkg-config libgtest-dev libgmock-dev systemd clang-format curl \
-  libssl-dev libnghttp2-dev openssl nghttp2-client
+  libssl-dev libnghttp2-dev openssl nghttp2-client libboost-dev
 # Formatting is part of the build: .clang-format is the rule.
 find include src tests examples \( -name '*.cpp' -o -name '*.hpp' \) -print0 2>/dev/null |
   xargs -0 -r clang-format --dry-run --Werror
