@@ -1,6 +1,7 @@
 // The new process's side of an upgrade, and ready() for a first start.
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -96,7 +97,11 @@ std::error_code handshake(int channel, pid_t parent, const std::string& takes, b
     read_carried(channel, carried, why);
     return {};
   }
-  if (::getppid() != parent) {
+  // Gone: our parent changed (it exited), or with a takeover the process we took over from
+  // no longer exists.
+  bool gone =
+      startup().env.takeover ? ::kill(parent, 0) != 0 && errno == ESRCH : ::getppid() != parent;
+  if (gone) {
     alone = true;
     why = "the old process went away during the hand-over; serving on our own";
     return {};
@@ -178,7 +183,9 @@ std::error_code upgrader::impl::do_ready() {
   // With NotifyAccess=main systemd only listens to its main pid. The old process, still the
   // main pid, already said MAINPID=<us> and READY=1 after acknowledging; this repeats it for
   // NotifyAccess=all and for the case where the old process is gone.
-  notify(has_parent ? "MAINPID=" + std::to_string(pid) + "\nREADY=1" : std::string("READY=1"));
+  // After a takeover we are another unit's process (if any): only READY=1 for our own.
+  notify(has_parent && !startup().env.takeover ? "MAINPID=" + std::to_string(pid) + "\nREADY=1"
+                                               : std::string("READY=1"));
   for (const auto& name : registry::instance().close_unclaimed()) {
     log_pid("closed inherited listener '" + name + "': not used by this process");
   }

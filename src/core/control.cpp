@@ -26,6 +26,7 @@
 #include <cstring>
 
 #include "endless/core/error.hpp"
+#include "protocol.hpp"
 #include "startup.hpp"
 #include "upgrader_impl.hpp"
 
@@ -116,6 +117,7 @@ void upgrader::impl::on_control_accept() {
     return;
   }
   c.who = "pid " + std::to_string(cred.pid) + ", uid " + std::to_string(cred.uid);
+  c.peer = cred.pid;
   c.deadline = clock::now() + kCommandWait;
   control_clients.push_back(std::move(c));
 }
@@ -211,6 +213,10 @@ void upgrader::impl::control_command(control_client& c, std::string_view line) {
     }
     return;
   }
+  if (line == "takeover") {
+    start_takeover(c);
+    return;
+  }
   if (line == "stop" || line == "stop hammer") {
     reply(c, "stopping " + std::to_string(pid) + "\n");
     c.at = phase::stop;  // kept open: EOF tells the client this process is gone
@@ -226,6 +232,88 @@ void upgrader::impl::control_command(control_client& c, std::string_view line) {
   log_pid("control socket: unknown command from " + c.who);
   reply(c, "error bad_command unknown command (want status, upgrade, stop or stop hammer)\n");
   c.fd.reset();
+}
+
+void upgrader::impl::start_takeover(control_client& c) {
+  auto refuse = [&](const std::string& reason, const std::string& why) {
+    log_pid("Takeover requested over the control socket (" + c.who + "), but " + why +
+            "; refused.");
+    reply(c, "error " + reason + " " + why + "\n");
+    c.fd.reset();
+  };
+  if (current.load() != state::serving) {
+    return refuse("busy", upgrade ? "an upgrade is running" : "an upgrade is waiting");
+  }
+  if (auto elder = family.elder_on_probation()) {
+    return refuse("busy", "pid " + std::to_string(*elder) + " is still on probation");
+  }
+  if (std::size_t alive = family.prune(); alive >= max_draining) {
+    return refuse("busy", std::to_string(alive) +
+                              " older generation(s) still alive (max_draining " +
+                              std::to_string(max_draining) + ")");
+  }
+  spawned child;
+  child.pid = c.peer;
+  child.foreign = true;
+  child.pidfd.reset(pidfd_open(c.peer));
+  if (!child.pidfd)
+    return refuse("start_failed", "pidfd_open: " + std::string(std::strerror(errno)));
+  std::error_code ec;
+  auto listeners = registry::instance().handover(ec);
+  if (ec) return refuse("start_failed", "can't duplicate the listeners: " + ec.message());
+  // The answer: every fd by index, then "end" (protocol.hpp).
+  std::vector<int> fds;
+  std::string text = "takeover " + std::to_string(protocol::kVersion) + "\ngeneration " +
+                     std::to_string(generation + 1) + "\n";
+  for (const auto& l : listeners) {
+    text += "fd " + std::to_string(fds.size()) + (l.owns_path ? " 1 " : " 0 ") +
+            encode_fd_name(l.name) + "\n";
+    fds.push_back(l.fd.get());
+  }
+  if (family.table_fd() >= 0) {
+    text += "table " + std::to_string(fds.size()) + "\n";
+    fds.push_back(family.table_fd());
+  }
+  for (const auto& e : family.for_child()) {
+    text += "elder " + std::to_string(fds.size()) + " " + std::to_string(e.generation) + " " +
+            std::to_string(e.pid) + "\n";
+    fds.push_back(e.pidfd);
+  }
+  text += "end\n";
+  if (fds.size() > protocol::kMaxTakeoverFds) return refuse("start_failed", "too many fds");
+  iovec iov{text.data(), text.size()};
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (!fds.empty()) {
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
+  }
+  ssize_t n;
+  do {
+    n = ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(text.size())) {
+    log_pid("takeover by " + c.who + " failed: could not send the listeners");
+    c.fd.reset();
+    return;
+  }
+  // From here on it is an upgrade like ours, but for how it was started: the connection is
+  // its readiness channel, and on failure it is killed as a new process of ours would be.
+  upgrade_in_flight u;
+  u.child = std::move(child);
+  u.channel = std::move(c.fd);
+  u.deadline = clock::now() + opts.upgrade_timeout;
+  upgrade = std::move(u);
+  set_state(state::upgrading);
+  log_pid("Takeover requested over the control socket (" + c.who + "): passed " +
+          std::to_string(listeners.size()) + " listener(s), waiting for it to be ready");
 }
 
 void upgrader::impl::control_round() {

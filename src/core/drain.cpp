@@ -188,7 +188,11 @@ void upgrader::impl::on_probation_child_exited() {
   auto lived =
       std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - probation->since);
   std::string how;
-  bool crashed = reap_exited(probation->child, how) == exit_kind::crashed;
+  exit_kind kind = reap_exited(probation->child, how);
+  // A process that took over on its own is not our child: no exit status. Its exit without
+  // a 'D' (it did not drain on purpose) is taken for a crash.
+  bool crashed =
+      kind == exit_kind::crashed || (kind == exit_kind::unknown && probation->child.foreign);
   std::vector<drainable*> targets;
   {
     std::lock_guard lock(mu);

@@ -236,7 +236,12 @@ void upgrader::impl::on_channel_readable() {
       }
     }
   }
-  notify("MAINPID=" + std::to_string(child) + "\nREADY=1");
+  if (upgrade->child.foreign) {
+    // A takeover: the new process belongs to another unit (if any); ours ends when we exit.
+    notify("STATUS=taken over by pid " + std::to_string(child));
+  } else {
+    notify("MAINPID=" + std::to_string(child) + "\nREADY=1");
+  }
   upgrades++;
   handed_to = child;
   probation_end = {};  // a verdict of an earlier upgrade is not this one's

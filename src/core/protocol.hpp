@@ -53,6 +53,7 @@
 // application starts later inherits it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace endless::core::protocol {
@@ -81,8 +82,24 @@ inline constexpr const char* kNotifySocket = "NOTIFY_SOCKET";
 inline constexpr const char* kWatchdogUsec = "WATCHDOG_USEC";
 inline constexpr const char* kWatchdogPid = "WATCHDOG_PID";
 
+// Takeover (docs/core.md): a process started on its own, not by the old one, with this set to
+// the old process's control socket, asks it for the listeners (command "takeover").
+inline constexpr const char* kTakeover = "ENDLESS_TAKEOVER";
+
 inline constexpr const char* kAllVariables[] = {
-    kListenFds, kListenPid,    kListenFdNames, kProtocol,    kReadyFd, kGeneration,
-    kFdOwned,   kNotifySocket, kWatchdogUsec,  kWatchdogPid, kTable,   kElders};
+    kListenFds,    kListenPid,    kListenFdNames, kProtocol, kReadyFd, kGeneration, kFdOwned,
+    kNotifySocket, kWatchdogUsec, kWatchdogPid,   kTable,    kElders,  kTakeover};
+
+// The takeover answer, old -> new, on the control connection after "takeover\n": one
+// sendmsg() with every fd in SCM_RIGHTS and lines of text, each fd named by its index:
+//   takeover 1                       (kVersion)
+//   generation <g>                   the new process's generation
+//   fd <index> <owned 0|1> <name>    a listener (name encoded as in LISTEN_FDNAMES)
+//   table <index>                    the generation table
+//   elder <index> <generation> <pid> an older generation's pidfd (the old process's own last)
+//   end
+// or "error <reason> <text>" and no fds. The connection then carries the readiness handshake
+// and everything after it exactly as ENDLESS_READY_FD does.
+inline constexpr std::size_t kMaxTakeoverFds = 200;  // below SCM_MAX_FD (253)
 
 }  // namespace endless::core::protocol

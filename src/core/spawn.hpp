@@ -38,6 +38,8 @@ struct spawn_request {
 struct spawned {
   pid_t pid = -1;
   unique_fd pidfd;
+  // Not our child (a takeover: it started on its own): its exit status can't be read.
+  bool foreign = false;
 };
 
 // On failure returns an error and `why` says what failed ("exec /srv/app: No such file...").

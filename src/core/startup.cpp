@@ -2,14 +2,18 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdlib>
+#include <cstring>
 
 #include "endless/core/error.hpp"
+#include "endless/core/unique_fd.hpp"
 #include "endless/core/upgrader.hpp"
 #include "protocol.hpp"
 
@@ -244,10 +248,144 @@ void check_lineage_fds(startup_env& env) {
   });
 }
 
+// ENDLESS_TAKEOVER: asks the process serving `path` for its listeners (protocol.hpp). On
+// success `env` is as if that process had started us; otherwise a note says why, and this
+// process starts on its own (its bind fails if the other one still holds the address).
+void take_over(const char* path, process_start& s) {
+  startup_env& env = s.env;
+  auto fail = [&](const std::string& why) {
+    env.notes.push_back(std::string("takeover from ") + path + " failed: " + why +
+                        "; starting on our own");
+  };
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  if (std::strlen(path) >= sizeof un.sun_path) return fail("path too long");
+  std::strcpy(un.sun_path, path);
+  unique_fd conn(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!conn || ::connect(conn.get(), reinterpret_cast<sockaddr*>(&un), sizeof un) != 0) {
+    return fail(std::string("connect: ") + std::strerror(errno));
+  }
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+      (cred.uid != ::geteuid() && cred.uid != 0)) {
+    return fail("the socket is served by uid " + std::to_string(cred.uid) +
+                ", not by ours or root");
+  }
+  timeval tv{10, 0};  // the old process answers at once; never hang a start-up
+  ::setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (::send(conn.get(), "takeover\n", 9, MSG_NOSIGNAL) != 9) {
+    return fail(std::string("send: ") + std::strerror(errno));
+  }
+  std::string text;
+  std::vector<int> fds;
+  auto close_fds = [&] {
+    for (int fd : fds)
+      ::close(fd);
+    fds.clear();
+  };
+  while (text.find("\nend\n") == std::string::npos && text.rfind("error ", 0) != 0) {
+    char buf[16384];
+    iovec iov{buf, sizeof buf};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * protocol::kMaxTakeoverFds)];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n = ::recvmsg(conn.get(), &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); n >= 0 && c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds.push_back(fd);
+      }
+    }
+    if (n <= 0 || (msg.msg_flags & MSG_CTRUNC)) {
+      close_fds();
+      return fail(n < 0    ? std::string("recv: ") + std::strerror(errno)
+                  : n == 0 ? "the old process closed the connection"
+                           : "too many fds");
+    }
+    text.append(buf, static_cast<std::size_t>(n));
+    if (text.size() > 1 << 20) break;
+  }
+  if (text.rfind("error ", 0) == 0) {
+    close_fds();
+    return fail("refused: " + text.substr(6, text.find('\n') - 6));
+  }
+  // Parse. Every fd is used once; anything inconsistent voids the takeover.
+  startup_env got;
+  std::vector<bool> used(fds.size(), false);
+  auto take = [&](std::string_view index, int& out) {
+    std::size_t i = 0;
+    auto [end, ec] = std::from_chars(index.data(), index.data() + index.size(), i);
+    if (ec != std::errc{} || end != index.data() + index.size() || i >= fds.size() || used[i]) {
+      return false;
+    }
+    used[i] = true;
+    out = fds[i];
+    return true;
+  };
+  bool ok = text.rfind("takeover " + std::to_string(protocol::kVersion) + "\n", 0) == 0;
+  for (const std::string& line : split(text, '\n')) {
+    if (!ok) break;
+    if (line.empty()) continue;
+    std::vector<std::string> w = split(line, ' ');
+    if (w.empty() || w[0] == "takeover" || w[0] == "end") continue;
+    if (w[0] == "generation" && w.size() == 2) {
+      ok =
+          std::from_chars(w[1].data(), w[1].data() + w[1].size(), got.generation).ec == std::errc{};
+    } else if (w[0] == "fd" && w.size() == 4) {
+      inherited_fd f;
+      ok = take(w[1], f.fd);
+      f.owns_path = w[2] == "1";
+      f.name = decode_fd_name(w[3]);
+      got.fds.push_back(f);
+    } else if (w[0] == "table" && w.size() == 2) {
+      ok = take(w[1], got.table_fd);
+    } else if (w[0] == "elder" && w.size() == 4) {
+      inherited_elder e;
+      ok =
+          take(w[1], e.pidfd) &&
+          std::from_chars(w[2].data(), w[2].data() + w[2].size(), e.generation).ec == std::errc{} &&
+          std::from_chars(w[3].data(), w[3].data() + w[3].size(), e.pid).ec == std::errc{};
+      got.elders.push_back(e);
+    } else {
+      ok = false;
+    }
+  }
+  if (!ok || std::find(used.begin(), used.end(), false) != used.end()) {
+    close_fds();
+    return fail("a malformed answer");
+  }
+  tv = {0, 0};
+  ::setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  got.from_parent = true;
+  got.takeover = true;
+  got.ready_fd = conn.release();
+  got.notify_socket = env.notify_socket;  // ours (our own unit), not the old process's
+  got.watchdog_usec = env.watchdog_usec;
+  got.notes = std::move(env.notes);
+  got.notes.push_back("took over from pid " + std::to_string(cred.pid) + " through " + path);
+  env = std::move(got);
+  s.parent = cred.pid;
+}
+
 process_start take_snapshot() {
   process_start s;
   s.parent = ::getppid();
   s.env = parse_startup_env([](const char* name) { return ::getenv(name); }, ::getpid());
+  if (const char* path = ::getenv(protocol::kTakeover); path && *path && !s.env.from_parent) {
+    if (s.env.fds.empty()) {
+      take_over(path, s);
+    } else {
+      s.env.notes.push_back(std::string("ENDLESS_TAKEOVER ignored: systemd passed listeners"));
+    }
+  }
   check_lineage_fds(s.env);
   // The inherited fds (and the readiness channel) must not leak into anything this process
   // execs except through an upgrade, which passes them explicitly.

@@ -32,6 +32,9 @@ struct inherited_elder {
 
 struct startup_env {
   bool from_parent = false;  // started by an endless upgrade (not by systemd or a shell)
+  // Took over from a process that did not start us (ENDLESS_TAKEOVER): `from_parent` too,
+  // with process_start::parent naming that process.
+  bool takeover = false;
   std::vector<inherited_fd> fds;
   int ready_fd = -1;
   std::uint64_t generation = 0;
@@ -59,7 +62,7 @@ std::string resolve_executable(const std::string& argv0, const std::string& cwd,
 
 struct process_start {
   startup_env env;
-  pid_t parent = 0;  // getppid() at load time
+  pid_t parent = 0;  // getppid() at load time; with a takeover, the process taken over from
   std::string executable;
   std::vector<std::string> argv;
 };

@@ -430,6 +430,13 @@ upgrader::upgrader(options opts) {
     }
     for (const auto& note : startup().env.notes)
       impl_->log_pid(note);
+    if (impl_->has_parent) {
+      // Every process of a lineage names itself: the pid prefixes each line, this says which
+      // generation it is (the access log carries both on every line).
+      impl_->log_pid("generation " + std::to_string(impl_->generation) +
+                     (startup().env.takeover ? ", took over from pid " : ", started by pid ") +
+                     std::to_string(startup().parent));
+    }
     impl_->thread = std::thread([this] { impl_->loop(); });
     impl_->thread_id = impl_->thread.get_id();
   } catch (...) {

@@ -149,6 +149,7 @@ struct upgrader::impl {
     std::future<std::error_code> outcome;  // phase::upgrade
     pid_t new_pid = 0;                     // phase::probation
     std::string who;                       // "pid P, uid U", for the log
+    pid_t peer = 0;                        // its pid (SO_PEERCRED)
     bool peer_done = false;                // it shut down its side: not polled any more
   };
   unique_fd control_listener;
@@ -210,6 +211,9 @@ struct upgrader::impl {
   void on_control_accept();
   void on_control_readable(control_client& c);
   void control_command(control_client& c, std::string_view line);
+  // "takeover": a process started on its own asks for our listeners (protocol.hpp); it
+  // becomes our upgrade in flight, the connection its readiness channel.
+  void start_takeover(control_client& c);
   // After each round of the loop: answers the clients whose upgrade or probation has an
   // outcome now, drops those done or silent too long.
   void control_round();
