@@ -380,6 +380,7 @@ std::string localized(std::string unit, const std::string& dir) {
       unit.replace(at, from.size(), to);
   };
   replace_all("/usr/local/bin/endlessctl", ENDLESSCTL_PATH);
+  replace_all("/usr/local/bin/hello-%i", HELLO_PATH);
   replace_all("/usr/local/bin/hello", HELLO_PATH);
   replace_all("/run/hello", dir);
   replace_all("--addr :8080", "--addr 127.0.0.1:0");
@@ -401,12 +402,12 @@ TEST_F(endlessctl_test, systemd_analyze_accepts_the_unit_files) {
   const std::string version = run_command("systemd-analyze --version | head -1");
   const int systemd = std::atoi(version.c_str() + version.find(' ') + 1);
   for (const char* name : {"hello.service", "hello-notify-reload.service",
-                           "hello-activated.service", "hello-activated.socket"}) {
+                           "hello-activated.service", "hello-activated.socket", "hello@.service"}) {
     write_file(dir / name,
                localized(read_file(std::string(DEPLOY_DIR "/systemd/") + name), dir.path));
   }
   for (const char* name : {"hello.service", "hello-notify-reload.service", "hello-activated.socket",
-                           "hello-activated.service"}) {
+                           "hello-activated.service", "hello@.service"}) {
     std::string out =
         run_command("cd " + dir.path + " && systemd-analyze verify ./" + name + " 2>&1");
     if (std::string(name) == "hello-notify-reload.service" && systemd < 253) {
