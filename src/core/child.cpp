@@ -98,9 +98,12 @@ std::error_code handshake(int channel, pid_t parent, const std::string& takes, b
     return {};
   }
   // Gone: our parent changed (it exited), or with a takeover the process we took over from
-  // no longer exists.
-  bool gone =
-      startup().env.takeover ? ::kill(parent, 0) != 0 && errno == ESRCH : ::getppid() != parent;
+  // exited (its pidfd is readable).
+  bool gone = ::getppid() != parent;
+  if (startup().env.takeover) {
+    pollfd p{startup().parent_pidfd, POLLIN, 0};
+    gone = startup().parent_pidfd >= 0 && ::poll(&p, 1, 0) == 1;
+  }
   if (gone) {
     alone = true;
     why = "the old process went away during the hand-over; serving on our own";

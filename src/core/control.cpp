@@ -252,12 +252,28 @@ void upgrader::impl::start_takeover(control_client& c) {
                               " older generation(s) still alive (max_draining " +
                               std::to_string(max_draining) + ")");
   }
+  if (c.peer <= 0 || c.peer == pid) {
+    return refuse("start_failed", "the peer's pid is unknown here (another pid namespace?)");
+  }
+  for (const auto& g : family.snapshot()) {
+    if (g.pid == c.peer) {
+      return refuse("start_failed",
+                    "pid " + std::to_string(c.peer) + " is a generation of this service");
+    }
+  }
   spawned child;
   child.pid = c.peer;
   child.foreign = true;
   child.pidfd.reset(pidfd_open(c.peer));
-  if (!child.pidfd)
+  if (!child.pidfd) {
     return refuse("start_failed", "pidfd_open: " + std::string(std::strerror(errno)));
+  }
+  // We must be able to kill it if it fails, as we would a new process of ours (a root
+  // process may take over from a non-root one only if that one could stop it).
+  if (pidfd_signal(child.pidfd.get(), 0) != 0) {
+    return refuse("start_failed",
+                  "it could not be stopped from here: " + std::string(std::strerror(errno)));
+  }
   std::error_code ec;
   auto listeners = registry::instance().handover(ec);
   if (ec) return refuse("start_failed", "can't duplicate the listeners: " + ec.message());
@@ -267,7 +283,7 @@ void upgrader::impl::start_takeover(control_client& c) {
                      std::to_string(generation + 1) + "\n";
   for (const auto& l : listeners) {
     text += "fd " + std::to_string(fds.size()) + (l.owns_path ? " 1 " : " 0 ") +
-            encode_fd_name(l.name) + "\n";
+            encode_word(l.name) + "\n";
     fds.push_back(l.fd.get());
   }
   if (family.table_fd() >= 0) {
@@ -306,6 +322,9 @@ void upgrader::impl::start_takeover(control_client& c) {
   }
   // From here on it is an upgrade like ours, but for how it was started: the connection is
   // its readiness channel, and on failure it is killed as a new process of ours would be.
+  // The readiness channel blocks, as the socketpair of a fork/exec upgrade does ('A' and the
+  // counters go out in one send).
+  ::fcntl(c.fd.get(), F_SETFL, ::fcntl(c.fd.get(), F_GETFL) & ~O_NONBLOCK);
   upgrade_in_flight u;
   u.child = std::move(child);
   u.channel = std::move(c.fd);

@@ -196,6 +196,11 @@ void upgrader::impl::on_channel_readable() {
   if (n > 0) {
     upgrade->received.append(buf, static_cast<std::size_t>(n));
     std::string& in = upgrade->received;
+    if (in.size() > 64 * 1024 || upgrade->takes.size() > 1024) {
+      fail_upgrade(errc::child_exited, "new process " + std::to_string(upgrade->child.pid) +
+                                           " sent too much before its readiness and");
+      return;
+    }
     while (!in.empty() && in[0] == protocol::kTakes && in.size() >= 2 &&
            in.size() >= 2u + static_cast<unsigned char>(in[1])) {
       std::size_t len = static_cast<unsigned char>(in[1]);
@@ -236,8 +241,10 @@ void upgrader::impl::on_channel_readable() {
       }
     }
   }
-  if (upgrade->child.foreign) {
-    // A takeover: the new process belongs to another unit (if any); ours ends when we exit.
+  handed_foreign = upgrade->child.foreign;
+  if (handed_foreign) {
+    // A takeover: the new process belongs to another unit (if any); ours ends when we exit,
+    // and keeps its watchdog pinged until then.
     notify("STATUS=taken over by pid " + std::to_string(child));
   } else {
     notify("MAINPID=" + std::to_string(child) + "\nREADY=1");

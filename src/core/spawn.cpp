@@ -254,7 +254,9 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
 
 std::string kill_and_reap(const spawned& child) {
   if (!child.pidfd) return "not running";
-  pidfd_signal(child.pidfd.get(), SIGKILL);
+  if (pidfd_signal(child.pidfd.get(), SIGKILL) != 0 && errno != ESRCH) {
+    return std::string("could not be killed: ") + std::strerror(errno);
+  }
   // SIGKILL takes effect at once unless the child is in uninterruptible sleep.
   pollfd p{child.pidfd.get(), POLLIN, 0};
   ::poll(&p, 1, 5000);

@@ -9,8 +9,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "endless/core/error.hpp"
 #include "endless/core/unique_fd.hpp"
@@ -125,6 +127,38 @@ std::string decode_fd_name(std::string_view encoded) {
   return out;
 }
 
+std::string encode_word(std::string_view name) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : name) {
+    if (c == '%' || c <= ' ' || c >= 0x7f) {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+std::string decode_word(std::string_view encoded) {
+  auto hex = [](char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+  };
+  std::string out;
+  for (std::size_t i = 0; i < encoded.size(); ++i) {
+    if (encoded[i] == '%' && i + 2 < encoded.size() && hex(encoded[i + 1]) >= 0 &&
+        hex(encoded[i + 2]) >= 0) {
+      out += static_cast<char>(hex(encoded[i + 1]) * 16 + hex(encoded[i + 2]));
+      i += 2;
+    } else {
+      out += encoded[i];
+    }
+  }
+  return out;
+}
+
 startup_env parse_startup_env(const getenv_fn& getenv, pid_t self) {
   namespace p = protocol;
   startup_env env;
@@ -229,6 +263,7 @@ void check_lineage_fds(startup_env& env) {
         std::string_view(target, static_cast<std::size_t>(n)).rfind("/memfd:", 0) != 0) {
       env.notes.push_back("ignoring ENDLESS_TABLE: fd " + std::to_string(env.table_fd) +
                           " is not a memfd");
+      if (env.takeover) ::close(env.table_fd);  // received by us: ours to close
       env.table_fd = -1;
     }
   }
@@ -243,6 +278,7 @@ void check_lineage_fds(startup_env& env) {
     if (!ok) {
       env.notes.push_back("ignoring elder " + std::to_string(e.pid) + ": fd " +
                           std::to_string(e.pidfd) + " is not its pidfd");
+      if (env.takeover) ::close(e.pidfd);
     }
     return !ok;
   });
@@ -262,6 +298,11 @@ void take_over(const char* path, process_start& s) {
   if (std::strlen(path) >= sizeof un.sun_path) return fail("path too long");
   std::strcpy(un.sun_path, path);
   unique_fd conn(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  // Never hang a start-up: connect() waits at most SO_SNDTIMEO on a full backlog, and the
+  // whole answer must come within the same 10 s.
+  timeval limit{10, 0};
+  if (conn) ::setsockopt(conn.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   if (!conn || ::connect(conn.get(), reinterpret_cast<sockaddr*>(&un), sizeof un) != 0) {
     return fail(std::string("connect: ") + std::strerror(errno));
   }
@@ -272,7 +313,8 @@ void take_over(const char* path, process_start& s) {
     return fail("the socket is served by uid " + std::to_string(cred.uid) +
                 ", not by ours or root");
   }
-  timeval tv{10, 0};  // the old process answers at once; never hang a start-up
+  if (cred.pid == 0) return fail("the serving process is in another pid namespace");
+  timeval tv{1, 0};  // per read; the deadline bounds the whole answer
   ::setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   if (::send(conn.get(), "takeover\n", 9, MSG_NOSIGNAL) != 9) {
     return fail(std::string("send: ") + std::strerror(errno));
@@ -294,7 +336,10 @@ void take_over(const char* path, process_start& s) {
     msg.msg_control = control;
     msg.msg_controllen = sizeof control;
     ssize_t n = ::recvmsg(conn.get(), &msg, MSG_CMSG_CLOEXEC);
-    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EINTR || errno == EAGAIN) &&
+        std::chrono::steady_clock::now() < deadline) {
+      continue;
+    }
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); n >= 0 && c; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
       std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -311,7 +356,10 @@ void take_over(const char* path, process_start& s) {
                            : "too many fds");
     }
     text.append(buf, static_cast<std::size_t>(n));
-    if (text.size() > 1 << 20) break;
+    if (text.size() > 1 << 20 || std::chrono::steady_clock::now() >= deadline) {
+      close_fds();
+      return fail("no complete answer");
+    }
   }
   if (text.rfind("error ", 0) == 0) {
     close_fds();
@@ -330,34 +378,42 @@ void take_over(const char* path, process_start& s) {
     out = fds[i];
     return true;
   };
-  bool ok = text.rfind("takeover " + std::to_string(protocol::kVersion) + "\n", 0) == 0;
-  for (const std::string& line : split(text, '\n')) {
-    if (!ok) break;
-    if (line.empty()) continue;
-    std::vector<std::string> w = split(line, ' ');
-    if (w.empty() || w[0] == "takeover" || w[0] == "end") continue;
-    if (w[0] == "generation" && w.size() == 2) {
-      ok =
-          std::from_chars(w[1].data(), w[1].data() + w[1].size(), got.generation).ec == std::errc{};
-    } else if (w[0] == "fd" && w.size() == 4) {
+  // Lines as protocol.hpp says: the header first, "end" last (and nothing after it), one
+  // generation, at most one table, elders oldest first and older than us, the old process's
+  // own last.
+  std::vector<std::string> lines = split(text, '\n');
+  bool ok = lines.size() >= 4 && lines[0] == "takeover " + std::to_string(protocol::kVersion) &&
+            lines[lines.size() - 2] == "end" && lines.back().empty();
+  bool have_generation = false, have_table = false;
+  for (std::size_t i = 1; ok && i + 2 < lines.size(); ++i) {
+    std::vector<std::string> w = split(lines[i], ' ');
+    if (w[0] == "generation" && w.size() == 2 && !have_generation) {
+      ok = parse_number(w[1].c_str(), got.generation) && got.generation > 0;
+      have_generation = true;
+    } else if (w[0] == "fd" && w.size() == 4 && (w[2] == "0" || w[2] == "1")) {
       inherited_fd f;
       ok = take(w[1], f.fd);
       f.owns_path = w[2] == "1";
-      f.name = decode_fd_name(w[3]);
+      f.name = decode_word(w[3]);
       got.fds.push_back(f);
-    } else if (w[0] == "table" && w.size() == 2) {
+    } else if (w[0] == "table" && w.size() == 2 && !have_table) {
       ok = take(w[1], got.table_fd);
+      have_table = true;
     } else if (w[0] == "elder" && w.size() == 4) {
       inherited_elder e;
-      ok =
-          take(w[1], e.pidfd) &&
-          std::from_chars(w[2].data(), w[2].data() + w[2].size(), e.generation).ec == std::errc{} &&
-          std::from_chars(w[3].data(), w[3].data() + w[3].size(), e.pid).ec == std::errc{};
+      std::uint64_t pid = 0;
+      ok = take(w[1], e.pidfd) && parse_number(w[2].c_str(), e.generation) &&
+           parse_number(w[3].c_str(), pid) && pid > 0 &&
+           pid <= static_cast<std::uint64_t>(std::numeric_limits<pid_t>::max()) &&
+           (got.elders.empty() || got.elders.back().generation < e.generation);
+      e.pid = static_cast<pid_t>(pid);
       got.elders.push_back(e);
     } else {
       ok = false;
     }
   }
+  ok = ok && have_generation && !got.elders.empty() &&
+       got.elders.back().generation + 1 == got.generation;
   if (!ok || std::find(used.begin(), used.end(), false) != used.end()) {
     close_fds();
     return fail("a malformed answer");
@@ -370,9 +426,13 @@ void take_over(const char* path, process_start& s) {
   got.notify_socket = env.notify_socket;  // ours (our own unit), not the old process's
   got.watchdog_usec = env.watchdog_usec;
   got.notes = std::move(env.notes);
-  got.notes.push_back("took over from pid " + std::to_string(cred.pid) + " through " + path);
+  // The process we take over from is the last elder (SO_PEERCRED names whoever created the
+  // socket: the lineage's first process). Its pidfd tells us if it goes away.
+  const inherited_elder& old = got.elders.back();
+  s.parent = old.pid;
+  s.parent_pidfd = ::fcntl(old.pidfd, F_DUPFD_CLOEXEC, 3);
+  got.notes.push_back("took over from pid " + std::to_string(old.pid) + " through " + path);
   env = std::move(got);
-  s.parent = cred.pid;
 }
 
 process_start take_snapshot() {

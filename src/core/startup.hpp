@@ -53,6 +53,10 @@ startup_env parse_startup_env(const getenv_fn& getenv, pid_t self);
 
 std::string encode_fd_name(std::string_view name);
 std::string decode_fd_name(std::string_view encoded);
+// A name in the takeover answer (protocol.hpp): '%', space and bytes outside printable ASCII
+// as %XX, so that it is one word of one line. decode_word() undoes any %XX.
+std::string encode_word(std::string_view name);
+std::string decode_word(std::string_view encoded);
 
 // The executable to exec on upgrade: argv[0] made absolute against the start-up cwd (so a
 // symlink flip or a rename over the path runs the new file), or found in PATH, or else
@@ -62,7 +66,8 @@ std::string resolve_executable(const std::string& argv0, const std::string& cwd,
 
 struct process_start {
   startup_env env;
-  pid_t parent = 0;  // getppid() at load time; with a takeover, the process taken over from
+  pid_t parent = 0;       // getppid() at load time; with a takeover, the process taken over from
+  int parent_pidfd = -1;  // with a takeover: a pidfd of `parent`
   std::string executable;
   std::vector<std::string> argv;
 };

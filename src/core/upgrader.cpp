@@ -198,8 +198,9 @@ void upgrader::impl::on_timers() {
   if (queued) on_queued();
   if (next_watchdog && now >= *next_watchdog) {
     state s = current.load();
-    // After a hand-over the new process pings; a final drain still owes systemd pings.
-    if (s == state::stopped || (s == state::draining && !final_shutdown)) {
+    // After a hand-over the new process pings; a final drain still owes systemd pings, and so
+    // does a drain after a takeover (the new process pings its own unit, not ours).
+    if (s == state::stopped || (s == state::draining && !final_shutdown && !handed_foreign)) {
       next_watchdog.reset();
     } else {
       notify("WATCHDOG=1");

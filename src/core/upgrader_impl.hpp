@@ -133,6 +133,7 @@ struct upgrader::impl {
   std::uint64_t drain_epoch = 0;
   std::vector<const drainable*> draining_services;
   bool final_shutdown = false;
+  bool handed_foreign = false;  // handed over to a process that took over (another unit's)
   bool served = false;   // reached state::serving: only then may a final shutdown unlink paths
   bool drained = false;  // finish() ran; becomes state::stopped at the end of the round
   std::optional<clock::time_point> hammer_at;
