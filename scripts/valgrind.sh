@@ -122,4 +122,6 @@ run hammer_time / 127.0.0.1:PORT
 run pid_file / 127.0.0.1:PORT "$tmp/pid_file.pid"
 run two_ports / 127.0.0.1:PORT 127.0.0.1:0
 run tls / 127.0.0.1:PORT "$tmp/cert.pem" "$tmp/key.pem"
+run graceful_worker /jobs 127.0.0.1:PORT
+run prometheus /metrics 127.0.0.1:PORT
 exit "$failed"

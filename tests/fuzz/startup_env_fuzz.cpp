@@ -9,9 +9,11 @@
 // with ':' come back exactly, with their ownership flags.
 //
 // Input: two bytes of flags, then the values separated by NUL (environment values hold no
-// NUL). Flags: bit i of the first byte and bits 0-3 of the second: variable i of
-// protocol::kAllVariables is set (to the next value); bit 4 of the second: LISTEN_PID is
-// this process's pid whatever the value says.
+// NUL). Flags: bit i of the first byte and bits 0-4 of the second: variable i of
+// protocol::kAllVariables is set (to the next value; ENDLESS_TAKEOVER, read by the load-time
+// snapshot, must not change what the parser returns); bit 5 of the second: LISTEN_PID is
+// this process's pid whatever the value says. Each value is also a name in the takeover
+// answer: decode_word(encode_word(v)) == v, as one word of one line.
 #include <charconv>
 #include <cstddef>
 #include <cstdint>
@@ -38,7 +40,7 @@ namespace {
 
 constexpr pid_t kSelf = 4242;
 constexpr std::size_t kVariables = std::size(protocol::kAllVariables);
-static_assert(kVariables == 12);
+static_assert(kVariables == 13);
 
 struct fake_env {
   std::vector<std::pair<std::string, std::string>> vars;
@@ -131,7 +133,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::string_view v = next < values.size() ? values[next++] : std::string_view();
     e.vars.emplace_back(p::kAllVariables[i], std::string(v));
   }
-  if (flags & (1u << 12)) {
+  if (flags & (1u << 13)) {
     std::erase_if(e.vars, [](const auto& kv) { return kv.first == p::kListenPid; });
     e.vars.emplace_back(p::kListenPid, std::to_string(kSelf));
   }
@@ -157,6 +159,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string joined;
   for (std::string_view v : values) {
     CHECK(decode_fd_name(encode_fd_name(v)) == v);
+    const std::string word = encode_word(v);
+    CHECK(decode_word(word) == v);
+    CHECK(word.find_first_of(" \n\r") == std::string::npos);
     names.emplace_back(v);
     joined += (names.size() == 1 ? "" : ":") + encode_fd_name(v);
   }
