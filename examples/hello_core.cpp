@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
     up.ready();
     srv.start();  // after ready(): a rolled-back new process never holds connections
     up.wait();
+    up.detach(srv);  // srv goes before up: the upgrader must not call it afterwards
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hello_core: %s\n", e.what());
     return 1;

@@ -2,8 +2,8 @@
 // documents: timeouts and the header limit (router_app), the pid file and BeforeBegin's log
 // line (pid_file), hooks around SIGUSR1 in order (signal_hooks), hammer time 1 s cutting five
 // slow requests (hammer_time), a background worker finished in shutdown_initiated
-// (graceful_worker), Prometheus metrics and health (prometheus). hello, tls and two_ports
-// are run by http_server_test, tls_test and the operations tests.
+// (graceful_worker), two servers from one binary (two_ports), Prometheus metrics and health
+// (prometheus). hello and tls are run by http_server_test, tls_test and the operations tests.
 #include <signal.h>
 
 #include <memory>
@@ -52,7 +52,7 @@ class examples_test : public ::testing::Test {
   }
 };
 
-TEST_F(examples_test, router_app_has_routes_timeouts_and_a_header_limit) {
+TEST_F(examples_test, router_app_has_routes_and_a_header_limit) {
   start_example("router_app", {"127.0.0.1:0"});
   EXPECT_EQ(http_get(port, "/hello").body, "WORLD!\n");
   EXPECT_EQ(http_get(port, "/items/7").body, "{\"id\":\"7\"}\n");
@@ -134,6 +134,23 @@ TEST_F(examples_test, graceful_worker_finishes_its_queue_on_shutdown) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   EXPECT_EQ(count_lines(log, "shutdown initiated"), 1) << read_file(log);
   EXPECT_EQ(count_lines(log, "worker: stopped after 5 job(s)"), 1) << read_file(log);
+}
+
+// Two servers from one binary (endless's multi_port): both answer, both survive a restart.
+TEST_F(examples_test, two_ports_serve_both_and_restart_together) {
+  pid_t a = start_example("two_ports", {"127.0.0.1:0", "127.0.0.1:0"});
+  std::vector<int> ports;
+  ASSERT_TRUE(wait_until([&] { return (ports = logged_ports(log, a)).size() == 2; }, 10s))
+      << read_file(log);
+  const char* bodies[] = {"WORLD from the first server\n", "WORLD from the second server\n"};
+  for (int i = 0; i < 2; ++i)
+    EXPECT_EQ(http_get(ports[i], "/").body, bodies[i]);
+  pid_t b = sighup(a);
+  ASSERT_GT(b, 0);
+  EXPECT_TRUE(procs.wait_gone(a, 15s));
+  EXPECT_EQ(logged_ports(log, b), ports) << "the same two sockets";
+  for (int i = 0; i < 2; ++i)
+    EXPECT_EQ(http_get(ports[i], "/").body, bodies[i]) << "after the restart";
 }
 
 TEST_F(examples_test, prometheus_serves_metrics_and_health) {

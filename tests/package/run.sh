@@ -19,13 +19,18 @@ serve_and_check() {
   shift
   local pidfile="$work/$name.pid" log="$work/$name.log"
   "$@" 127.0.0.1:0 "$pidfile" >"$log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 100); do
-    [ "$(cat "$pidfile" 2>/dev/null)" = "$pid" ] && break
+  local pid=$! ready=0
+  for _ in $(seq 200); do
+    if [ "$(cat "$pidfile" 2>/dev/null)" = "$pid" ]; then ready=1 && break; fi
     sleep 0.05
   done
+  if [ "$ready" != 1 ]; then
+    echo "package: $name never became ready" >&2
+    cat "$log" >&2
+    exit 1
+  fi
   local port
-  port=$(grep -o "127.0.0.1:[0-9]*" "$log" | head -1 | cut -d: -f2)
+  port=$(grep -o "127.0.0.1:[0-9]*" "$log" | head -1 | cut -d: -f2 || true)
   local body
   body=$(curl -s --max-time 5 "http://127.0.0.1:$port/")
   [ "$body" = "Hello Zero-Downtime!" ] || {
@@ -34,6 +39,14 @@ serve_and_check() {
     exit 1
   }
   kill -TERM "$pid"
+  for _ in $(seq 200); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "package: $name did not exit 10 s after SIGTERM" >&2
+    exit 1
+  fi
   wait "$pid" || { echo "package: $name exited $?" >&2; exit 1; }
   [ ! -e "$pidfile" ] || { echo "package: $name left its pid file" >&2; exit 1; }
   echo "package: $name ok"
@@ -44,8 +57,14 @@ cmake -S "$root/tests/package" -B "$work/cmake" -DCMAKE_PREFIX_PATH="$prefix" \
 cmake --build "$work/cmake" -j "$(nproc)" >>"$work/cmake.log" || { cat "$work/cmake.log" >&2; exit 1; }
 serve_and_check cmake-static "$work/cmake/consumer"
 serve_and_check cmake-shared "$work/cmake/consumer_shared"
-ldd "$work/cmake/consumer_shared" | grep -q "$prefix/.*libendless_http.so" ||
+# (ldd's output captured first: `ldd | grep -q` can die of SIGPIPE under pipefail.)
+deps=$(ldd "$work/cmake/consumer_shared")
+grep -q "$prefix/.*libendless_http.so" <<<"$deps" ||
   { echo "package: consumer_shared does not use the installed shared library" >&2; exit 1; }
+for core in core_consumer_cmake core_consumer_cmake_shared; do
+  [ "$("$work/cmake/$core" 2>/dev/null)" = "core ok" ] || { echo "package: $core failed" >&2; exit 1; }
+  echo "package: $core ok"
+done
 
 export PKG_CONFIG_PATH="$prefix/${LIBDIR:-lib}/pkgconfig"
 [ -d "$PKG_CONFIG_PATH" ] || PKG_CONFIG_PATH="$(dirname "$(find "$prefix" -name endless.pc | head -1)")"
@@ -53,10 +72,27 @@ export PKG_CONFIG_PATH="$prefix/${LIBDIR:-lib}/pkgconfig"
 g++ -std=c++20 "$root/tests/package/consumer.cpp" $(pkg-config --cflags --libs endless) \
   -Wl,-rpath,"$(pkg-config --variable=libdir endless)" -o "$work/consumer_pc"
 serve_and_check pkg-config "$work/consumer_pc"
+# Static: the archives only, with their private requirements (nghttp2, OpenSSL).
+libdir=$(pkg-config --variable=libdir endless)
+# shellcheck disable=SC2046
+g++ -std=c++20 "$root/tests/package/consumer.cpp" $(pkg-config --cflags endless) \
+  "$libdir/libendless_http.a" "$libdir/libendless_core.a" \
+  $(pkg-config --static --libs-only-l --libs-only-other openssl libnghttp2) -pthread \
+  -o "$work/consumer_pc_static"
+deps=$(ldd "$work/consumer_pc_static")
+if grep -q libendless <<<"$deps"; then
+  echo "package: the static consumer links a shared endless" >&2
+  exit 1
+fi
+serve_and_check pkg-config-static "$work/consumer_pc_static"
 # shellcheck disable=SC2046
 g++ -std=c++20 "$root/tests/package/core_consumer.cpp" $(pkg-config --cflags --libs endless-core) \
   -Wl,-rpath,"$(pkg-config --variable=libdir endless-core)" -o "$work/core_consumer"
-ldd "$work/core_consumer" | grep -q libssl && { echo "package: endless-core pulls in OpenSSL" >&2; exit 1; }
+deps=$(ldd "$work/core_consumer")
+if grep -q libssl <<<"$deps"; then
+  echo "package: endless-core pulls in OpenSSL" >&2
+  exit 1
+fi
 [ "$("$work/core_consumer" 2>/dev/null)" = "core ok" ] || { echo "package: core_consumer failed" >&2; exit 1; }
 echo "package: pkg-config endless-core ok"
 

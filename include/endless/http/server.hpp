@@ -76,7 +76,8 @@ struct http2_options {
 
 struct server_options {
   std::string addr = ":8080";  ///< "host:port", or "unix:/path"
-  /// Whole request (head and body), from its first byte; 0 = none.
+  /// The request body, from the end of the head (HTTP/2: while a stream's body is incomplete,
+  /// without progress); 0 = none.
   std::chrono::milliseconds read_timeout = 0ms;
   /// Request head, from its first byte (or from accept); 0 = none. Closes slowloris clients.
   std::chrono::milliseconds read_header_timeout = 10s;
