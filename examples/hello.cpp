@@ -1,6 +1,6 @@
 // The example server of DESIGN.md, used by the demo, the tests and the benchmarks:
 //   hello --addr HOST:PORT [--pidfile FILE] [--hammer-time SECONDS] [--threads N]
-//         [--tls-cert FILE --tls-key FILE] [--h2c] [--access-log]
+//         [--tls-cert FILE --tls-key FILE] [--h2c] [--access-log] [--reuseport]
 //   GET /                 200 "Hello Zero-Downtime!\n"
 //   GET /ping?seq=N&ms=M  waits M ms (blocking this handler only), then 200 "pong-N"
 //   GET /pid              the serving process's pid
@@ -8,6 +8,7 @@
 // Every response carries X-Pid. SIGHUP restarts it with zero downtime; SIGTERM drains.
 // With a certificate it serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN) and reloads the
 // certificate when its files change; --h2c adds HTTP/2 with prior knowledge on plain HTTP.
+// --reuseport binds with SO_REUSEPORT, for the SO_REUSEPORT takeover (docs/core.md).
 #include <unistd.h>
 
 #include <charconv>
@@ -20,10 +21,11 @@
 namespace {
 
 int usage(const char* why) {
-  std::fprintf(stderr,
-               "hello: %s\nusage: hello --addr HOST:PORT [--pidfile FILE] [--hammer-time SECONDS] "
-               "[--threads N] [--tls-cert FILE --tls-key FILE] [--h2c] [--access-log]\n",
-               why);
+  std::fprintf(
+      stderr,
+      "hello: %s\nusage: hello --addr HOST:PORT [--pidfile FILE] [--hammer-time SECONDS] "
+      "[--threads N] [--tls-cert FILE --tls-key FILE] [--h2c] [--access-log] [--reuseport]\n",
+      why);
   return 2;
 }
 
@@ -42,6 +44,10 @@ int main(int argc, char** argv) {
     }
     if (flag == "--access-log") {
       access_log = true;
+      continue;
+    }
+    if (flag == "--reuseport") {
+      o.reuse_port = true;
       continue;
     }
     if (i + 1 >= argc) return usage(("missing value for " + flag).c_str());

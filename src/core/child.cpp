@@ -151,6 +151,14 @@ std::error_code upgrader::impl::do_ready() {
           takes += static_cast<char>(a.size());
           takes += a;
         }
+        // An SO_REUSEPORT takeover: the old process's queue comes to us too (only then: an
+        // old process of the fd takeover does not know 'F').
+        std::string n = startup().env.reuseport.empty() ? std::string() : d->adopts_new_for();
+        if (!n.empty() && n.size() <= 255) {
+          takes += protocol::kTakesNew;
+          takes += static_cast<char>(n.size());
+          takes += n;
+        }
       }
     }
     std::error_code ec = handshake(channel, startup().parent, takes, alone, why, carried_in);

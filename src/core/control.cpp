@@ -25,6 +25,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "endless/core/address.hpp"
 #include "endless/core/error.hpp"
 #include "protocol.hpp"
 #include "startup.hpp"
@@ -213,8 +214,17 @@ void upgrader::impl::control_command(control_client& c, std::string_view line) {
     }
     return;
   }
-  if (line == "takeover") {
-    start_takeover(c);
+  if (line == "takeover" || line.starts_with("takeover reuseport")) {
+    std::string_view want = line.size() > 18 ? line.substr(18) : std::string_view();
+    if (want != "" && want != " steering" && want != " migrate") {
+      reply(c, "error bad_command takeover reuseport takes steering or migrate\n");
+      c.fd.reset();
+      return;
+    }
+    start_takeover(c, line != "takeover",
+                   want == " steering"  ? reuseport::mechanism::steering
+                   : want == " migrate" ? reuseport::mechanism::migrate
+                                        : reuseport::mechanism::none);
     return;
   }
   if (line == "stop" || line == "stop hammer") {
@@ -234,10 +244,11 @@ void upgrader::impl::control_command(control_client& c, std::string_view line) {
   c.fd.reset();
 }
 
-void upgrader::impl::start_takeover(control_client& c) {
+void upgrader::impl::start_takeover(control_client& c, bool by_reuseport,
+                                    reuseport::mechanism only) {
+  const std::string what = by_reuseport ? "SO_REUSEPORT takeover" : "Takeover";
   auto refuse = [&](const std::string& reason, const std::string& why) {
-    log_pid("Takeover requested over the control socket (" + c.who + "), but " + why +
-            "; refused.");
+    log_pid(what + " requested over the control socket (" + c.who + "), but " + why + "; refused.");
     reply(c, "error " + reason + " " + why + "\n");
     c.fd.reset();
   };
@@ -277,11 +288,78 @@ void upgrader::impl::start_takeover(control_client& c) {
   std::error_code ec;
   auto listeners = registry::instance().handover(ec);
   if (ec) return refuse("start_failed", "can't duplicate the listeners: " + ec.message());
+  // SO_REUSEPORT: the TCP listeners are not passed; the new process binds its own. Our queue
+  // must never be dropped (reuseport.hpp): steer, or let the kernel migrate it, or refuse.
+  std::vector<std::pair<std::string, unique_fd>> shared;
+  reuseport::mechanism how = reuseport::mechanism::none;
+  std::string how_text;
+  if (by_reuseport) {
+    std::string no_steering;
+    const int migrate = reuseport::migrate_req();
+    for (auto& l : listeners) {
+      if (!reuseport::is_tcp(l.fd.get())) continue;
+      std::string address = local_address(l.fd.get());
+      if (int n = reuseport::listeners_on(l.fd.get()); n != 1) {
+        return refuse("unsupported",
+                      n < 0 ? "can't read /proc/net/tcp to check who listens on " + address
+                            : std::to_string(n) + " sockets listen on " + address +
+                                  " already (another process shares it with SO_REUSEPORT)");
+      }
+      if (only == reuseport::mechanism::migrate) {
+        no_steering = "migrate was asked for";
+      } else if (!reuseport::enabled(l.fd.get())) {
+        no_steering = address + " was bound without SO_REUSEPORT (options::reuse_port)";
+      } else if (auto e = reuseport::steer(l.fd.get(), 0); e && no_steering.empty()) {
+        no_steering = "SO_ATTACH_REUSEPORT_CBPF on " + address + ": " + e.message();
+      }
+      shared.emplace_back(std::move(address), unique_fd());
+    }
+    if (shared.empty()) return refuse("unsupported", "there is no TCP listener to share");
+    if (no_steering.empty()) {
+      how = reuseport::mechanism::steering;
+      how_text = "new connections steered by SO_ATTACH_REUSEPORT_CBPF";
+      if (migrate == 1) how_text += ", and net.ipv4.tcp_migrate_req=1";
+    } else if (migrate == 1 && only != reuseport::mechanism::steering) {
+      how = reuseport::mechanism::migrate;
+      how_text = "no steering (" + no_steering +
+                 "): net.ipv4.tcp_migrate_req=1 moves our queue when we close";
+    } else {
+      const std::string sysctl =
+          "net.ipv4.tcp_migrate_req=" +
+          (migrate < 0 ? std::string("unreadable") : std::to_string(migrate));
+      if (only == reuseport::mechanism::steering) {
+        return refuse("unsupported", "steering was asked for and is not available: " + no_steering);
+      }
+      if (only == reuseport::mechanism::migrate) {
+        return refuse("unsupported", "migrate was asked for and " + sysctl);
+      }
+      return refuse("unsupported",
+                    "an SO_REUSEPORT takeover needs steering or net.ipv4.tcp_migrate_req=1 to "
+                    "keep the connections queued here, and neither is available: " +
+                        no_steering + "; " + sysctl);
+    }
+  }
   // The answer: every fd by index, then "end" (protocol.hpp).
   std::vector<int> fds;
-  std::string text = "takeover " + std::to_string(protocol::kVersion) + "\ngeneration " +
-                     std::to_string(generation + 1) + "\n";
-  for (const auto& l : listeners) {
+  std::string text = "takeover " + std::to_string(protocol::kVersion) + "\n";
+  if (by_reuseport) text += std::string("mode reuseport ") + reuseport::to_string(how) + "\n";
+  text += "generation " + std::to_string(generation + 1) + "\n";
+  std::size_t next_shared = 0;
+  for (auto& l : listeners) {
+    if (by_reuseport && reuseport::is_tcp(l.fd.get())) {
+      bool v6only = false;
+      std::string address = reuseport::describe(l.fd.get(), v6only);
+      if (how == reuseport::mechanism::migrate) {
+        // The new socket must be able to join: ours may lack SO_REUSEPORT. And no program
+        // of an earlier steering may send it connections before it is ready.
+        if (!reuseport::enabled(l.fd.get())) (void)reuseport::enable(l.fd.get());
+        reuseport::unsteer(l.fd.get());
+      }
+      text += std::string("bind ") + (l.owns_path ? "1 " : "0 ") + encode_word(l.name) + " " +
+              encode_word(address) + (v6only ? " 1\n" : " 0\n");
+      shared[next_shared++].second = std::move(l.fd);
+      continue;
+    }
     text += "fd " + std::to_string(fds.size()) + (l.owns_path ? " 1 " : " 0 ") +
             encode_word(l.name) + "\n";
     fds.push_back(l.fd.get());
@@ -329,10 +407,21 @@ void upgrader::impl::start_takeover(control_client& c) {
   u.child = std::move(child);
   u.channel = std::move(c.fd);
   u.deadline = clock::now() + opts.upgrade_timeout;
+  u.reuseport = how;
+  u.shared = std::move(shared);
+  const std::size_t passed =
+      fds.size() - (family.table_fd() >= 0 ? 1 : 0) - family.for_child().size();
+  const std::size_t bound = u.shared.size();
   upgrade = std::move(u);
   set_state(state::upgrading);
-  log_pid("Takeover requested over the control socket (" + c.who + "): passed " +
-          std::to_string(listeners.size()) + " listener(s), waiting for it to be ready");
+  if (by_reuseport) {
+    log_pid(what + " requested over the control socket (" + c.who + "): " + std::to_string(bound) +
+            " TCP listener(s) to share by SO_REUSEPORT (" + how_text + "), " +
+            std::to_string(passed) + " other(s) passed, waiting for it to be ready");
+  } else {
+    log_pid(what + " requested over the control socket (" + c.who + "): passed " +
+            std::to_string(listeners.size()) + " listener(s), waiting for it to be ready");
+  }
 }
 
 void upgrader::impl::control_round() {

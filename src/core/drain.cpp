@@ -119,8 +119,8 @@ void upgrader::impl::do_hammer() {
 
 void upgrader::impl::finish() {
   hammer_at.reset();
-  if (probation) {
-    finish_pending = true;  // exits when the probation ends (or is ended)
+  if (probation || !retiring.empty()) {
+    finish_pending = true;  // exits when the probation ends (or is ended), our queues empty
     return;
   }
   if (parent_channel) {
@@ -230,6 +230,7 @@ void upgrader::impl::on_probation_child_exited() {
   finish_pending = false;
   for (drainable* d : targets)
     d->resume();
+  unretire_listeners();
   set_state(state::serving);
   if (!opts.pid_file.empty()) {
     if (auto ec = write_pid_file(opts.pid_file, pid)) {
@@ -315,22 +316,29 @@ bool upgrader::impl::on_parent_channel_readable() {
     do_upgrade(std::nullopt, "Upgrade passed on by the old process");
     if (data.empty() && fds.empty()) return true;
   }
-  if (data.size() < 2 || data[0] != protocol::kConnection ||
+  if (data.size() < 2 ||
+      (data[0] != protocol::kConnection && data[0] != protocol::kNewConnection) ||
       data.size() != 2u + static_cast<unsigned char>(data[1]) || fds.size() != 1) {
     log_pid("connection hand-over: malformed message from the old process; ignoring it");
     return true;
   }
+  const char kind = data[0];
   std::string_view listener = data.substr(2);
   // Draining ourselves: straight on to our own new process, if it takes it.
-  if (current.load() == state::draining && send_connection(fds[0].get(), listener)) return true;
+  if (current.load() == state::draining && send_connection(fds[0].get(), listener, kind)) {
+    return true;
+  }
   std::vector<drainable*> targets;
   {
     std::lock_guard lock(mu);
     targets = services;
   }
-  if (!drained && !channel_wait_until) {
+  // A connection never read from is served even while we drain (it was queued for us; our
+  // servers answer it and close). An idle keep-alive one only until our drain ends.
+  if (kind == protocol::kNewConnection ? !drained : (!drained && !channel_wait_until)) {
     for (drainable* d : targets) {
-      if (d->adopt(fds[0], listener)) {
+      if (kind == protocol::kNewConnection ? d->adopt_new(fds[0], listener)
+                                           : d->adopt(fds[0], listener)) {
         adopted_count++;
         return true;
       }
@@ -342,6 +350,90 @@ bool upgrader::impl::on_parent_channel_readable() {
             "; closing them");
   }
   return true;
+}
+
+void upgrader::impl::on_retiring_readable() {
+  for (int round = 0; round < 1024; ++round) {
+    if (retire_pending) {
+      if (send_connection(retire_pending.get(), retire_pending_for, protocol::kNewConnection)) {
+        retire_pending.reset();
+        passed_new++;
+      } else if (child_channel) {
+        return;  // its channel is full: again when it can take more (POLLOUT)
+      } else {
+        // It takes no more (it drains itself, or is gone): our own servers answer it, draining.
+        std::vector<drainable*> targets;
+        {
+          std::lock_guard lock(mu);
+          targets = services;
+        }
+        bool taken = false;
+        for (drainable* d : targets) {
+          if (!taken && d->adopt_new(retire_pending, retire_pending_for)) taken = true;
+        }
+        if (!taken) {
+          if (lost_new++ == 0) {
+            log_pid("no process takes the connections left in our SO_REUSEPORT queue of " +
+                    retire_pending_for + "; closing them");
+          }
+          retire_pending.reset();
+        }
+      }
+    }
+    bool got = false;
+    for (auto& l : retiring) {
+      int fd = ::accept4(l.fd.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd < 0) continue;  // EAGAIN (empty), or a connection that died in the queue
+      retire_pending.reset(fd);
+      retire_pending_for = l.address;
+      got = true;
+      break;
+    }
+    if (!got) return;
+  }
+}
+
+void upgrader::impl::retire_listeners(bool sweep) {
+  if (retiring.empty()) return;
+  if (sweep) on_retiring_readable();
+  if (retire_pending) {
+    retire_at = clock::now() + std::chrono::milliseconds(10);  // the channel is full: soon
+    return;
+  }
+  // Empty now. With steering nothing new comes to these sockets; with migrate the kernel
+  // moves whatever completes meanwhile to the new process's.
+  log_pid("closing our " + std::to_string(retiring.size()) +
+          " SO_REUSEPORT listener(s): " + std::to_string(passed_new) +
+          " connection(s) from their queues passed to the new process" +
+          (lost_new ? ", " + std::to_string(lost_new) + " closed (no taker)" : ""));
+  retiring.clear();
+  retire_at.reset();
+  if (finish_pending && !probation) {
+    finish_pending = false;
+    finish();
+  }
+}
+
+void upgrader::impl::unretire_listeners() {
+  if (retiring.empty()) return;
+  if (retiring_by == reuseport::mechanism::steering) {
+    for (auto& l : retiring)
+      (void)reuseport::steer(l.fd.get(), 0);  // alone again: 0 is ours
+  }
+  if (retire_pending) {
+    std::vector<drainable*> targets;
+    {
+      std::lock_guard lock(mu);
+      targets = services;
+    }
+    bool taken = false;
+    for (drainable* d : targets) {
+      if (!taken && d->adopt_new(retire_pending, retire_pending_for)) taken = true;
+    }
+    retire_pending.reset();
+  }
+  retiring.clear();
+  retire_at.reset();
 }
 
 }  // namespace endless::core

@@ -1,9 +1,11 @@
 // The old process's side of an upgrade: start the new process, wait for its readiness,
 // hand over (systemd's MAINPID, then the drain) or roll back.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "endless/core/error.hpp"
@@ -201,20 +203,52 @@ void upgrader::impl::on_channel_readable() {
                                            " sent too much before its readiness and");
       return;
     }
-    while (!in.empty() && in[0] == protocol::kTakes && in.size() >= 2 &&
+    auto listing = [&](char c) {
+      return c == protocol::kTakes ||
+             (c == protocol::kTakesNew && upgrade->reuseport != reuseport::mechanism::none);
+    };
+    while (!in.empty() && listing(in[0]) && in.size() >= 2 &&
            in.size() >= 2u + static_cast<unsigned char>(in[1])) {
       std::size_t len = static_cast<unsigned char>(in[1]);
-      upgrade->takes.push_back(in.substr(2, len));
+      (in[0] == protocol::kTakes ? upgrade->takes : upgrade->takes_new)
+          .push_back(in.substr(2, len));
       in.erase(0, 2 + len);
     }
     ready = !in.empty() && in[0] == protocol::kReady;
-    if (!ready && (in.empty() || in[0] == protocol::kTakes)) return;  // the rest is coming
+    if (!ready && (in.empty() || listing(in[0]))) return;  // the rest is coming
   }
   if (!ready) {
     // EOF: it exited, or closed the channel without being ready. Learn how, then roll back.
     fail_upgrade(errc::child_exited,
                  "new process " + std::to_string(child) + " closed the readiness channel and");
     return;
+  }
+  if (upgrade->reuseport != reuseport::mechanism::none) {
+    // SO_REUSEPORT: what is left in our queues goes to it ('N'), so it must take it; then
+    // new connections go to its sockets (steering), or keep coming to both until ours close
+    // (migrate), and the kernel moves what is left to its sockets.
+    for (const auto& [address, fd] : upgrade->shared) {
+      const auto& t = upgrade->takes_new;
+      if (std::find(t.begin(), t.end(), address) == t.end()) {
+        fail_upgrade(errc::not_ready,
+                     "new process " + std::to_string(child) + " takes no connection of " + address +
+                         " from our queue (drainable::adopt_new), which an SO_REUSEPORT "
+                         "takeover needs; it was killed");
+        return;
+      }
+    }
+    if (upgrade->reuseport == reuseport::mechanism::steering) {
+      for (const auto& [address, fd] : upgrade->shared) {
+        if (auto e = reuseport::steer(fd.get(), 1)) {
+          for (const auto& s : upgrade->shared)
+            (void)reuseport::steer(s.second.get(), 0);
+          fail_upgrade(errc::not_ready, "can't steer new connections of " + address +
+                                            " to new process " + std::to_string(child) + " (" +
+                                            e.message() + "); it was killed");
+          return;
+        }
+      }
+    }
   }
   // Hand-over. Acknowledge first: if the new process is gone by now nothing has been said
   // to systemd and the rollback is clean. Then, as the main pid, tell systemd who the main
@@ -269,9 +303,26 @@ void upgrader::impl::on_channel_readable() {
     }
     std::lock_guard lock(handover_mu);
     child_takes_for = std::move(upgrade->takes);
+    child_takes_new_for = std::move(upgrade->takes_new);
     child_channel = std::move(upgrade->channel);
   }
   child_takes.store(!child_takes_for.empty());
+  if (upgrade->reuseport != reuseport::mechanism::none) {
+    retiring.clear();
+    for (auto& [address, fd] : upgrade->shared) {
+      // Accepted from on this thread's poll: never block on an empty queue.
+      ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
+      retiring.push_back({address, std::move(fd)});
+    }
+    retiring_by = upgrade->reuseport;
+    retire_at = clock::now() + std::max<std::chrono::milliseconds>(kRetireAfter, opts.probation);
+    log_pid(upgrade->reuseport == reuseport::mechanism::steering
+                ? "new connections go to new process " + std::to_string(child) +
+                      " (SO_ATTACH_REUSEPORT_CBPF); passing it what is left in our queue"
+                : "net.ipv4.tcp_migrate_req=1: passing new process " + std::to_string(child) +
+                      " what comes to our sockets until they close and the kernel moves the "
+                      "rest");
+  }
   auto waiting = end_upgrade();  // the child is on its own now (but for the probation)
   // Drain first: whoever waits on upgrade() sees this process already draining.
   begin_drain(false);

@@ -49,6 +49,13 @@
 // connection in flight is dropped. A send that fails (EAGAIN, EPIPE) leaves the connection
 // with the old process.
 //
+// SO_REUSEPORT takeover (ENDLESS_TAKEOVER_MODE=reuseport, reuseport.hpp) adds, before 'R',
+// 'F', one length byte N, N bytes of a listener's local address: the new process takes
+// connections the old one accepted from its own socket on that address and never read from
+// ('N', below). After 'A', besides 'C': 'N', one length byte N, N bytes of the address, one
+// fd in SCM_RIGHTS: a connection from what was left in the old socket's accept queue once new
+// connections went to the new process's socket; served as if accepted here.
+//
 // Every variable is removed from this process's environment at load time, so nothing the
 // application starts later inherits it.
 #pragma once
@@ -66,6 +73,8 @@ inline constexpr char kConnection = 'C';
 inline constexpr char kTakes = 'T';
 inline constexpr char kUpgradeAgain = 'U';
 inline constexpr char kCarried = 'S';
+inline constexpr char kTakesNew = 'F';
+inline constexpr char kNewConnection = 'N';
 inline constexpr std::uint32_t kMaxCarried = 1 << 20;
 inline constexpr int kFirstFd = 3;  // SD_LISTEN_FDS_START
 
@@ -85,16 +94,24 @@ inline constexpr const char* kWatchdogPid = "WATCHDOG_PID";
 // Takeover (docs/core.md): a process started on its own, not by the old one, with this set to
 // the old process's control socket, asks it for the listeners (command "takeover").
 inline constexpr const char* kTakeover = "ENDLESS_TAKEOVER";
+// "fds" (the default) or "reuseport": the TCP listeners are bound again by the new process
+// with SO_REUSEPORT instead of passed (command "takeover reuseport"); "reuseport-steering"
+// and "reuseport-migrate" ask for one way of keeping the old queue (reuseport.hpp), and are
+// refused where it is not available ("takeover reuseport steering|migrate").
+inline constexpr const char* kTakeoverMode = "ENDLESS_TAKEOVER_MODE";
 
 inline constexpr const char* kAllVariables[] = {
     kListenFds,    kListenPid,    kListenFdNames, kProtocol, kReadyFd, kGeneration, kFdOwned,
-    kNotifySocket, kWatchdogUsec, kWatchdogPid,   kTable,    kElders,  kTakeover};
+    kNotifySocket, kWatchdogUsec, kWatchdogPid,   kTable,    kElders,  kTakeover,   kTakeoverMode};
 
 // The takeover answer, old -> new, on the control connection after "takeover\n": one
 // sendmsg() with every fd in SCM_RIGHTS and lines of text, each fd named by its index:
 //   takeover 1                       (kVersion)
+//   mode reuseport <steering|migrate>  after "takeover reuseport" only
 //   generation <g>                   the new process's generation
 //   fd <index> <owned 0|1> <name>    a listener (name encoded as in LISTEN_FDNAMES)
+//   bind <owned 0|1> <name> <address> <v6only 0|1>   (reuseport) a TCP listener the new
+//                                    process binds itself, with SO_REUSEPORT, no fd
 //   table <index>                    the generation table
 //   elder <index> <generation> <pid> an older generation's pidfd (the old process's own last)
 //   end

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <map>
 #include <mutex>
@@ -86,7 +87,7 @@ std::error_code clear_stale_unix_path(const char* path, std::string& why) {
   return std::make_error_code(std::errc::address_in_use);
 }
 
-unique_fd bind_fresh(const endpoint& ep, std::error_code& ec, std::string& why) {
+unique_fd bind_fresh(const endpoint& ep, bool reuse_port, std::error_code& ec, std::string& why) {
   const char* path = reinterpret_cast<const sockaddr_un*>(&ep.addr)->sun_path;
   if (is_path(ep)) {
     ec = clear_stale_unix_path(path, why);
@@ -103,6 +104,10 @@ unique_fd bind_fresh(const endpoint& ep, std::error_code& ec, std::string& why) 
   if (ep.addr.ss_family != AF_UNIX &&
       ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
     return fail("SO_REUSEADDR");
+  }
+  if (reuse_port && ep.addr.ss_family != AF_UNIX &&
+      ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    return fail("SO_REUSEPORT");
   }
   if (ep.addr.ss_family == AF_INET6) {
     int v6only = ep.net == network::tcp6 ? 1 : 0;
@@ -143,6 +148,7 @@ struct registry::impl {
   mutable std::mutex mu;
   std::vector<entry> entries;
   std::map<std::string, int> any_port_calls;
+  std::atomic<bool> reuse_port{false};
 
   entry* find_locked(std::string_view name) {
     auto it = std::find_if(entries.begin(), entries.end(),
@@ -221,7 +227,7 @@ unique_fd registry::listen(std::string_view network, std::string_view address, s
     }
     return dup_cloexec(e->fd.get(), ec);
   }
-  unique_fd fd = bind_fresh(ep, ec, why);
+  unique_fd fd = bind_fresh(ep, impl_->reuse_port.load(), ec, why);
   if (ec) return {};
   entry fresh;
   fresh.name = ep.name;
@@ -303,6 +309,10 @@ void registry::close_all(bool final) {
     }
   }
   impl_->entries.clear();
+}
+
+void registry::set_reuse_port(bool on) noexcept {
+  impl_->reuse_port.store(on);
 }
 
 std::size_t registry::size() const {

@@ -18,6 +18,7 @@
 #include "endless/core/unique_fd.hpp"
 #include "endless/core/upgrader.hpp"
 #include "protocol.hpp"
+#include "reuseport.hpp"
 
 namespace endless::core {
 namespace {
@@ -287,11 +288,15 @@ void check_lineage_fds(startup_env& env) {
 // ENDLESS_TAKEOVER: asks the process serving `path` for its listeners (protocol.hpp). On
 // success `env` is as if that process had started us; otherwise a note says why, and this
 // process starts on its own (its bind fails if the other one still holds the address).
-void take_over(const char* path, process_start& s) {
+void take_over(const char* path, std::string_view mode, process_start& s) {
+  // "fds", or "reuseport" with an optional mechanism ("reuseport-steering").
+  const bool by_reuseport = mode.starts_with("reuseport");
   startup_env& env = s.env;
   auto fail = [&](const std::string& why) {
-    env.notes.push_back(std::string("takeover from ") + path + " failed: " + why +
-                        "; starting on our own");
+    env.takeover_failed = true;
+    env.notes.push_back(
+        std::string(by_reuseport ? "SO_REUSEPORT takeover from " : "takeover from ") + path +
+        " failed: " + why + "; starting on our own");
   };
   sockaddr_un un{};
   un.sun_family = AF_UNIX;
@@ -316,7 +321,13 @@ void take_over(const char* path, process_start& s) {
   if (cred.pid == 0) return fail("the serving process is in another pid namespace");
   timeval tv{1, 0};  // per read; the deadline bounds the whole answer
   ::setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  if (::send(conn.get(), "takeover\n", 9, MSG_NOSIGNAL) != 9) {
+  std::string command = "takeover\n";
+  if (by_reuseport) {
+    command = mode.size() > 9 ? "takeover reuseport " + std::string(mode.substr(10)) + "\n"
+                              : "takeover reuseport\n";
+  }
+  if (::send(conn.get(), command.data(), command.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(command.size())) {
     return fail(std::string("send: ") + std::strerror(errno));
   }
   std::string text;
@@ -385,9 +396,26 @@ void take_over(const char* path, process_start& s) {
   bool ok = lines.size() >= 4 && lines[0] == "takeover " + std::to_string(protocol::kVersion) &&
             lines[lines.size() - 2] == "end" && lines.back().empty();
   bool have_generation = false, have_table = false;
+  std::vector<int> bound;  // our own sockets (SO_REUSEPORT), closed if the answer is void
+  std::string why_not;
   for (std::size_t i = 1; ok && i + 2 < lines.size(); ++i) {
     std::vector<std::string> w = split(lines[i], ' ');
-    if (w[0] == "generation" && w.size() == 2 && !have_generation) {
+    if (i == 1 && by_reuseport) {
+      ok = w.size() == 3 && w[0] == "mode" && w[1] == "reuseport" &&
+           (w[2] == "steering" || w[2] == "migrate");
+      if (ok) got.reuseport = w[2];
+    } else if (w[0] == "bind" && w.size() == 5 && by_reuseport && (w[1] == "0" || w[1] == "1") &&
+               (w[4] == "0" || w[4] == "1")) {
+      unique_fd fd = reuseport::bind(decode_word(w[3]), w[4] == "1", why_not);
+      ok = static_cast<bool>(fd);
+      if (!ok) break;
+      inherited_fd f;
+      f.fd = fd.release();
+      bound.push_back(f.fd);
+      f.owns_path = w[1] == "1";
+      f.name = decode_word(w[2]);
+      got.fds.push_back(f);
+    } else if (w[0] == "generation" && w.size() == 2 && !have_generation) {
       ok = parse_number(w[1].c_str(), got.generation) && got.generation > 0;
       have_generation = true;
     } else if (w[0] == "fd" && w.size() == 4 && (w[2] == "0" || w[2] == "1")) {
@@ -413,10 +441,13 @@ void take_over(const char* path, process_start& s) {
     }
   }
   ok = ok && have_generation && !got.elders.empty() &&
-       got.elders.back().generation + 1 == got.generation;
+       got.elders.back().generation + 1 == got.generation &&
+       (!by_reuseport || !got.reuseport.empty());
   if (!ok || std::find(used.begin(), used.end(), false) != used.end()) {
     close_fds();
-    return fail("a malformed answer");
+    for (int fd : bound)
+      ::close(fd);
+    return fail(why_not.empty() ? "a malformed answer" : why_not);
   }
   tv = {0, 0};
   ::setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -431,7 +462,8 @@ void take_over(const char* path, process_start& s) {
   const inherited_elder& old = got.elders.back();
   s.parent = old.pid;
   s.parent_pidfd = ::fcntl(old.pidfd, F_DUPFD_CLOEXEC, 3);
-  got.notes.push_back("took over from pid " + std::to_string(old.pid) + " through " + path);
+  got.notes.push_back("took over from pid " + std::to_string(old.pid) + " through " + path +
+                      (by_reuseport ? " (SO_REUSEPORT, " + got.reuseport + ")" : ""));
   env = std::move(got);
 }
 
@@ -440,8 +472,16 @@ process_start take_snapshot() {
   s.parent = ::getppid();
   s.env = parse_startup_env([](const char* name) { return ::getenv(name); }, ::getpid());
   if (const char* path = ::getenv(protocol::kTakeover); path && *path && !s.env.from_parent) {
-    if (s.env.fds.empty()) {
-      take_over(path, s);
+    const char* mode = ::getenv(protocol::kTakeoverMode);
+    std::string_view m = mode ? mode : "";
+    if (!m.empty() && m != "fds" && m != "reuseport" && m != "reuseport-steering" &&
+        m != "reuseport-migrate") {
+      s.env.takeover_failed = true;
+      s.env.notes.push_back(std::string(protocol::kTakeoverMode) + "=" + std::string(m) +
+                            " is not fds, reuseport, reuseport-steering or reuseport-migrate; "
+                            "no takeover, starting on our own");
+    } else if (s.env.fds.empty()) {
+      take_over(path, m.empty() ? "fds" : m, s);
     } else {
       s.env.notes.push_back(std::string("ENDLESS_TAKEOVER ignored: systemd passed listeners"));
     }

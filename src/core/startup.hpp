@@ -35,6 +35,13 @@ struct startup_env {
   // Took over from a process that did not start us (ENDLESS_TAKEOVER): `from_parent` too,
   // with process_start::parent naming that process.
   bool takeover = false;
+  // An SO_REUSEPORT takeover (ENDLESS_TAKEOVER_MODE=reuseport): how the old process keeps its
+  // queue ("steering" or "migrate", reuseport.hpp); empty otherwise. Our TCP listeners in
+  // `fds` were bound by us, with SO_REUSEPORT.
+  std::string reuseport;
+  // ENDLESS_TAKEOVER was set and the takeover failed: this process must not share an
+  // address by SO_REUSEPORT with the one it failed to take over from.
+  bool takeover_failed = false;
   std::vector<inherited_fd> fds;
   int ready_fd = -1;
   std::uint64_t generation = 0;

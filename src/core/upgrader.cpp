@@ -179,6 +179,8 @@ std::optional<int> upgrader::impl::poll_timeout_ms() const {
     if (c.at == control_client::phase::command) consider(c.deadline);
   }
   consider(control_backoff);
+  if (!retiring.empty() && !probation) consider(retire_at);
+  if (retiring.size() > kRetiringPolled) consider(clock::now() + std::chrono::milliseconds(10));
   if (!next) return std::nullopt;
   auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
   return static_cast<int>(std::clamp<long long>(ms, 0, 60'000));
@@ -196,6 +198,13 @@ void upgrader::impl::on_timers() {
   if (probation && now >= probation->until)
     end_probation("its " + std::to_string(opts.probation.count()) + " ms are up");
   if (queued) on_queued();
+  if (!retiring.empty()) {
+    if (retire_at && now >= *retire_at && !probation) {
+      retire_listeners(true);
+    } else if (retiring.size() > kRetiringPolled) {
+      on_retiring_readable();  // those past the poll set
+    }
+  }
   if (next_watchdog && now >= *next_watchdog) {
     state s = current.load();
     // After a hand-over the new process pings; a final drain still owes systemd pings, and so
@@ -211,7 +220,9 @@ void upgrader::impl::on_timers() {
 
 void upgrader::impl::loop() {
   for (;;) {
-    pollfd fds[8 + lineage::kSlots + 1 + kMaxControlClients];
+    // A connection from our SO_REUSEPORT queue that the new process can no longer take.
+    if (retire_pending && !child_channel) on_retiring_readable();
+    pollfd fds[8 + lineage::kSlots + 1 + kMaxControlClients + kRetiringPolled];
     int n = 0;
     fds[n++] = {box->wake.get(), POLLIN, 0};
     int sig_at = -1, channel_at = -1, child_at = -1;
@@ -232,7 +243,20 @@ void upgrader::impl::loop() {
     }
     if (child_channel) {
       child_channel_at = n;
-      fds[n++] = {child_channel.get(), POLLIN, 0};
+      // POLLOUT: a connection from our SO_REUSEPORT queue waits for room.
+      fds[n++] = {child_channel.get(), static_cast<short>(POLLIN | (retire_pending ? POLLOUT : 0)),
+                  0};
+    }
+    // Our SO_REUSEPORT listeners being retired: what is left in their queues (not while one
+    // connection already waits to be sent).
+    const int retiring_at = n;
+    int retiring_polled = 0;
+    if (!retire_pending) {
+      for (const auto& l : retiring) {
+        if (retiring_polled == static_cast<int>(kRetiringPolled)) break;
+        fds[n++] = {l.fd.get(), POLLIN, 0};
+        ++retiring_polled;
+      }
     }
     int parent_channel_at = -1;
     if (parent_channel) {
@@ -296,9 +320,14 @@ void upgrader::impl::loop() {
     if (rc > 0 && probation && probation_at >= 0 && fds[probation_at].revents) {
       on_probation_child_exited();
     }
+    bool retiring_ready = false;
     if (rc > 0 && child_channel && child_channel_at >= 0 && fds[child_channel_at].revents) {
-      on_child_channel_readable();
+      retiring_ready = fds[child_channel_at].revents & POLLOUT;
+      if (fds[child_channel_at].revents & ~POLLOUT) on_child_channel_readable();
     }
+    for (int k = 0; rc > 0 && k < retiring_polled; ++k)
+      retiring_ready = retiring_ready || fds[retiring_at + k].revents;
+    if (retiring_ready && !retiring.empty()) on_retiring_readable();
     if (rc > 0 && parent_channel && parent_channel_at >= 0 && fds[parent_channel_at].revents) {
       // A batch at a time, so that signals and commands are not held up by a long queue.
       for (int i = 0; i < 256 && parent_channel && on_parent_channel_readable(); ++i) {
@@ -362,11 +391,12 @@ void upgrader::impl::do_detach(const drainable* d) {
 
 // ---------------------------------------------------------------- public API
 
-bool upgrader::impl::send_connection(int conn, std::string_view listener) noexcept {
-  if (!child_takes.load(std::memory_order_acquire)) return false;
+bool upgrader::impl::send_connection(int conn, std::string_view listener, char kind) noexcept {
+  const bool fresh = kind == protocol::kNewConnection;
+  if (!fresh && !child_takes.load(std::memory_order_acquire)) return false;
   if (listener.empty() || listener.size() > 255 || conn < 0) return false;
   char buf[2 + 255];
-  buf[0] = protocol::kConnection;
+  buf[0] = kind;
   buf[1] = static_cast<char>(listener.size());
   std::memcpy(buf + 2, listener.data(), listener.size());
   iovec iov{buf, 2 + listener.size()};
@@ -383,8 +413,8 @@ bool upgrader::impl::send_connection(int conn, std::string_view listener) noexce
   std::memcpy(CMSG_DATA(c), &conn, sizeof conn);
   std::lock_guard lock(handover_mu);
   if (!child_channel) return false;
-  if (std::find(child_takes_for.begin(), child_takes_for.end(), listener) ==
-      child_takes_for.end()) {
+  const auto& takes = fresh ? child_takes_new_for : child_takes_for;
+  if (std::find(takes.begin(), takes.end(), listener) == takes.end()) {
     return false;  // the new process takes none of this listener's connections
   }
   ssize_t n;
@@ -393,7 +423,7 @@ bool upgrader::impl::send_connection(int conn, std::string_view listener) noexce
   } while (n < 0 && errno == EINTR);
   // A stream socket takes a small message whole or not at all (it fits the buffer or EAGAIN).
   if (n != static_cast<ssize_t>(iov.iov_len)) return false;
-  handed++;
+  if (!fresh) handed++;
   return true;
 }
 
@@ -431,6 +461,18 @@ upgrader::upgrader(options opts) {
     }
     for (const auto& note : startup().env.notes)
       impl_->log_pid(note);
+    {
+      const startup_env& env = startup().env;
+      bool share = impl_->opts.reuse_port || !env.reuseport.empty();
+      if (share && env.takeover_failed) {
+        // Never split the address with the process we failed to take over from.
+        impl_->log_pid(
+            "binding without SO_REUSEPORT: the takeover failed, and the address "
+            "may still be served by the process it was to replace");
+        share = false;
+      }
+      registry::instance().set_reuse_port(share);
+    }
     if (impl_->has_parent) {
       // Every process of a lineage names itself: the pid prefixes each line, this says which
       // generation it is (the access log carries both on every line).

@@ -19,6 +19,8 @@
 
 #include "endless/core/upgrader.hpp"
 #include "lineage.hpp"
+#include "protocol.hpp"
+#include "reuseport.hpp"
 #include "sd_notify.hpp"
 #include "signals.hpp"
 #include "spawn.hpp"
@@ -94,6 +96,11 @@ struct upgrader::impl {
     clock::time_point deadline;
     std::vector<std::promise<std::error_code>> waiting;
     bool again = false;  // asked for again meanwhile: 'U' to it once it is ready
+    // An SO_REUSEPORT takeover (reuseport.hpp): how our queue is kept, our copies of the TCP
+    // listeners it shares (local address, fd), and the listeners named by its 'F' messages.
+    reuseport::mechanism reuseport = reuseport::mechanism::none;
+    std::vector<std::pair<std::string, unique_fd>> shared;
+    std::vector<std::string> takes_new;
   };
   std::optional<upgrade_in_flight> upgrade;
   // An upgrade waiting for an older generation to exit (options::max_draining).
@@ -118,6 +125,23 @@ struct upgrader::impl {
   mutable std::mutex handover_mu;
   std::vector<std::string> child_takes_for;  // (handover_mu) listeners it named with 'T'
   std::atomic<bool> child_takes{false};
+  std::vector<std::string> child_takes_new_for;  // (handover_mu) listeners it named with 'F'
+  // After an SO_REUSEPORT takeover: our sockets in the shared groups, steered away from (or,
+  // with migrate, still getting a share), accepted from until `retire_at` (at least
+  // kRetireAfter after the hand-over, and past the probation) and what they hold passed to
+  // the new process ('N'); then closed once empty. (thread)
+  static constexpr std::chrono::milliseconds kRetireAfter{1000};
+  static constexpr std::size_t kRetiringPolled = 32;  // more are looked at every 10 ms
+  struct retiring_listener {
+    std::string address;
+    unique_fd fd;
+  };
+  std::vector<retiring_listener> retiring;
+  reuseport::mechanism retiring_by = reuseport::mechanism::none;
+  std::optional<clock::time_point> retire_at;
+  unique_fd retire_pending;                    // accepted, not sent yet (the channel was full)
+  std::string retire_pending_for;              // its listener
+  std::uint64_t passed_new = 0, lost_new = 0;  // 'N' sent, and closed for want of a taker
   std::atomic<std::uint64_t> handed{0}, adopted_count{0};
   std::uint64_t refused_adoptions = 0;  // (thread)
   unique_fd parent_channel;             // (new process) to the old one: 'D' when we begin to drain
@@ -214,7 +238,8 @@ struct upgrader::impl {
   void control_command(control_client& c, std::string_view line);
   // "takeover": a process started on its own asks for our listeners (protocol.hpp); it
   // becomes our upgrade in flight, the connection its readiness channel.
-  void start_takeover(control_client& c);
+  // `only`: the mechanism asked for ("takeover reuseport steering|migrate"), none: either.
+  void start_takeover(control_client& c, bool by_reuseport, reuseport::mechanism only);
   // After each round of the loop: answers the clients whose upgrade or probation has an
   // outcome now, drops those done or silent too long.
   void control_round();
@@ -236,8 +261,16 @@ struct upgrader::impl {
   bool can_roll_back();  // every attached server can resume()
   void on_child_channel_readable();
   void close_child_channel();
-  // upgrader::hand_over(): one connection to the new process; any thread.
-  bool send_connection(int conn, std::string_view listener) noexcept;
+  // upgrader::hand_over(): one connection to the new process ('C', or 'N' for one never
+  // read from); any thread.
+  bool send_connection(int conn, std::string_view listener,
+                       char kind = protocol::kConnection) noexcept;
+  // SO_REUSEPORT takeover, old process (drain.cpp): accepts from the retiring listeners and
+  // passes on; at `retire_at` (and no probation) closes them once empty. `sweep`: now.
+  void on_retiring_readable();
+  void retire_listeners(bool sweep);
+  // A rollback: our sockets get the new connections again.
+  void unretire_listeners();
   // (new process) Takes the connections queued on the channel from the old process; false
   // once it is closed.
   bool on_parent_channel_readable();

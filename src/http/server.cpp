@@ -44,6 +44,10 @@ struct server::impl final : core::drainable {
   std::string adopts_for() const override {
     return st.opts.hand_over_idle && !st.tls ? st.bound : std::string();
   }
+  bool adopt_new(core::unique_fd& conn, std::string_view listener) override;
+  std::string adopts_new_for() const override {
+    return st.network == "unix" ? std::string() : st.bound;
+  }
   void resume() override;
   void release_listeners() noexcept override;
   ~impl();
@@ -610,6 +614,20 @@ bool server::impl::adopt(core::unique_fd& conn, std::string_view listener) {
   return true;
 }
 
+bool server::impl::adopt_new(core::unique_fd& conn, std::string_view listener) {
+  // Queued for the old process's socket and never read: served as if accepted here (TLS too).
+  if (listener != st.bound || st.loops.empty()) return false;
+  loop* lp = st.loops[st.next_adopt_loop.fetch_add(1) % st.loops.size()].get();
+  int fd = conn.release();
+  lp->post([lp, fd] {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) len = 0;
+    (void)on_accepted(*lp, fd, ss, len);
+  });
+  return true;
+}
+
 void server::impl::release_listeners() noexcept {
   for (auto& l : st.loops) {
     loop* lp = l.get();
@@ -756,6 +774,7 @@ int serve(std::initializer_list<server*> servers) {
   o.max_draining = first.max_draining;
   o.max_draining_wait = first.max_draining_wait;
   o.pid_file = first.pid_file;
+  o.reuse_port = first.reuse_port;
   o.control_socket = first.control_socket;
   o.log = first.log;
   std::vector<server::impl*> started;

@@ -5,6 +5,7 @@
 //   --defer-accept 0|1  --probation-ms N  --hand-over 0|1  --max-draining N
 //   --max-draining-wait-ms N  --start-delay-ms N (sleeps before serving)
 //   --access-log 1 (http::access_log() to stderr)  --control-socket PATH ("" for none)
+//   --reuseport 1 (SO_REUSEPORT listeners)
 //   --fault-file F: read at start; "crash-after-ready" makes this process crash (SIGSEGV)
 //   1 s after it is ready, i.e. after the pid file names it (needs --pidfile);
 //   "exit-after-ready" makes it exit with status 0 at that time instead (not a crash);
@@ -115,6 +116,8 @@ int main(int argc, char** argv) {
       access_log = v == "1";
     } else if (f == "--control-socket") {
       o.control_socket = v;
+    } else if (f == "--reuseport") {
+      o.reuse_port = v == "1";
     } else if (f == "--log-states") {
       log_states = v == "1";
     } else {

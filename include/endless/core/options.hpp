@@ -49,6 +49,11 @@ struct options {
   /// others: every generation serves it in turn. Unset: next to the pid file, at
   /// control_socket_for(pid_file), none without a pid file. Empty: none.
   std::optional<std::string> control_socket;
+  /// Bind TCP listeners with SO_REUSEPORT, so that an independently started process can take
+  /// over by binding the same address (ENDLESS_TAKEOVER_MODE=reuseport, docs/core.md), with
+  /// new connections steered between the two by the kernel. Off: another process binding the
+  /// address fails with EADDRINUSE, as usual; the fd takeover needs no SO_REUSEPORT.
+  bool reuse_port = false;
   /// Empty: stderr, prefixed with the date and time like Go's log package.
   log_sink log;
   /// Install handlers for SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2 (and SIGTSTP once a hook

@@ -76,6 +76,9 @@ class registry {
   void close_all(bool final);
 
   bool inherited_from_parent() const noexcept { return from_parent_; }
+  /// TCP listeners bound from now on get SO_REUSEPORT (options::reuse_port, set by the
+  /// upgrader), so that a process started later can share their address (docs/core.md).
+  void set_reuse_port(bool on) noexcept;
   std::size_t size() const;
 
  private:

@@ -74,6 +74,18 @@ class drainable {
   /// The local address of the listener whose connections adopt() takes; empty: none. Asked
   /// once, when this (new) process is ready, and told to the old process.
   virtual std::string adopts_for() const { return {}; }
+  /// SO_REUSEPORT takeover (new process): a connection the old process accepted from its own
+  /// socket on `listener` and never read from (what was left in its queue once new
+  /// connections came here). Serve it as if this process had accepted it: take it (move from
+  /// `conn`) and return true, or return false (none: it is closed). Upgrader's thread.
+  virtual bool adopt_new(unique_fd& conn, std::string_view listener) {
+    (void)conn;
+    (void)listener;
+    return false;
+  }
+  /// The local address of the listener whose connections adopt_new() takes; empty: none. An
+  /// SO_REUSEPORT takeover fails unless every shared TCP listener is taken.
+  virtual std::string adopts_new_for() const { return {}; }
 
  protected:
   ~drainable() = default;

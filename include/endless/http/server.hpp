@@ -113,6 +113,9 @@ struct server_options {
   int max_draining = core::kDefaultMaxDraining;
   std::chrono::milliseconds max_draining_wait = core::kDefaultMaxDrainingWait;
   std::string pid_file;
+  /// Bind TCP listeners with SO_REUSEPORT (core::options::reuse_port): needed by the
+  /// SO_REUSEPORT takeover's steering (ENDLESS_TAKEOVER_MODE=reuseport, docs/core.md).
+  bool reuse_port = false;
   /// endlessctl's control socket (core::options::control_socket): unset, next to the pid
   /// file ("<pid file>.ctl"); empty, none.
   std::optional<std::string> control_socket;
