@@ -300,7 +300,9 @@ void upgrader::impl::start_takeover(control_client& c, bool by_reuseport,
       if (!reuseport::is_tcp(l.fd.get())) continue;
       std::string address = local_address(l.fd.get());
       if (int n = reuseport::listeners_on(l.fd.get()); n != 1) {
-        return refuse("unsupported",
+        // An older generation still closing its socket in the group is a wait; anybody
+        // else sharing the address is a refusal.
+        return refuse(n > 1 && family.prune() > 0 ? "busy" : "unsupported",
                       n < 0 ? "can't read /proc/net/tcp to check who listens on " + address
                             : std::to_string(n) + " sockets listen on " + address +
                                   " already (another process shares it with SO_REUSEPORT)");

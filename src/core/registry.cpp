@@ -208,9 +208,15 @@ unique_fd registry::listen(std::string_view network, std::string_view address, s
   }
   entry* e = impl_->find_locked(ep.name);
   if (!e && !ep.any_port) {
-    // systemd names its sockets after units; match those by address instead.
+    // systemd names its sockets after units; match those by address instead. So are those of
+    // an old process named otherwise ("tcp:127.0.0.1:0" there, the port it got here): binding
+    // a fresh socket beside it would fail, or, with SO_REUSEPORT, put two of ours in one group
+    // and close the unclaimed one with its queue after ready.
     for (auto& candidate : impl_->entries) {
-      if (candidate.from != entry::origin::systemd || candidate.claimed) continue;
+      if (candidate.from == entry::origin::created || candidate.from == entry::origin::added ||
+          candidate.claimed) {
+        continue;
+      }
       std::string ignored;
       if (!verify(candidate.fd.get(), ep, candidate.name, ignored)) {
         candidate.name = ep.name;

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 
 #include <string>
 #include <vector>
@@ -73,6 +74,37 @@ class core_fixture : public ::testing::Test {
       EXPECT_EQ(count_lines(log, report), 0) << read_file(log);
     }
   }
+
+#ifdef LOADGEN_PATH
+  // tools/loadgen on 127.0.0.1:`port` (`mode`: close or keepalive): clients that never retry,
+  // for `seconds`, its report to `out`.
+  pid_t start_load(int on_port, const std::string& mode, int connections, int seconds,
+                   const std::string& out) {
+    processes::spec s;
+    s.argv = {LOADGEN_PATH,
+              "--url",
+              "http://127.0.0.1:" + std::to_string(on_port) + "/",
+              "--connections",
+              std::to_string(connections),
+              "--duration",
+              std::to_string(seconds),
+              "--mode",
+              mode,
+              "--timeout-ms",
+              "15000"};
+    s.log = out;
+    return procs.start(s);
+  }
+
+  // Waits for a start_load() to end and checks that it exited 0 with no failed request.
+  void expect_no_failures(pid_t load, const std::string& out) {
+    int status = -1;
+    ASSERT_TRUE(procs.wait_gone(load, 90s, &status)) << read_file(out);
+    std::string r = read_file(out);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out << ":\n" << r;
+    EXPECT_NE(r.find("failed 0 "), std::string::npos) << out << ":\n" << r;
+  }
+#endif
 
   std::string get_body(const std::string& target) {
     auto r = http_get(port, target);

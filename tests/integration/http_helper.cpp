@@ -5,10 +5,11 @@
 //   --defer-accept 0|1  --probation-ms N  --hand-over 0|1  --max-draining N
 //   --max-draining-wait-ms N  --start-delay-ms N (sleeps before serving)
 //   --access-log 1 (http::access_log() to stderr)  --control-socket PATH ("" for none)
-//   --reuseport 1 (SO_REUSEPORT listeners)
+//   --reuseport 1 (SO_REUSEPORT listeners)  --upgrade-timeout-ms N
 //   --fault-file F: read at start; "crash-after-ready" makes this process crash (SIGSEGV)
 //   1 s after it is ready, i.e. after the pid file names it (needs --pidfile);
 //   "exit-after-ready" makes it exit with status 0 at that time instead (not a crash);
+//   "exit1-before-ready" exits 1 and "noready" sleeps 30 s before it serves at all;
 //   "no-hand-over" turns hand_over_idle off in this process.
 //   --tls-cert F --tls-key F  --sni-cert F --sni-key F (repeatable)  --client-ca F
 //   --verify-client none|optional|required  --handshake-timeout-ms N  --tls13-only 1
@@ -116,6 +117,8 @@ int main(int argc, char** argv) {
       access_log = v == "1";
     } else if (f == "--control-socket") {
       o.control_socket = v;
+    } else if (f == "--upgrade-timeout-ms") {
+      o.upgrade_timeout = milliseconds(std::stoll(v));
     } else if (f == "--reuseport") {
       o.reuse_port = v == "1";
     } else if (f == "--log-states") {
@@ -134,6 +137,17 @@ int main(int argc, char** argv) {
       std::fclose(f);
     }
     if (fault.rfind("no-hand-over", 0) == 0) o.hand_over_idle = false;
+    // Before ready: after a takeover's load-time part (its sockets are bound by now).
+    if (fault.rfind("exit1-before-ready", 0) == 0) {
+      std::fprintf(stderr, "%s exiting (status 1) before ready on purpose (fault file)\n",
+                   pid.c_str());
+      std::_Exit(1);
+    }
+    if (fault.rfind("noready", 0) == 0) {
+      std::fprintf(stderr, "%s never getting ready on purpose (fault file)\n", pid.c_str());
+      std::this_thread::sleep_for(std::chrono::seconds(30));
+      std::_Exit(1);
+    }
     const bool crash = fault.rfind("crash-after-ready", 0) == 0;
     if (crash || fault.rfind("exit-after-ready", 0) == 0) {
       std::thread([pidfile = o.pid_file, self = ::getpid(), crash] {

@@ -10,7 +10,8 @@
 // "unix:/run/app.sock". Listening twice on one address shares the socket; on port 0 each
 // call gets its own ("tcp:127.0.0.1:0", then "...:0#2"), matched again by call order.
 // Sockets from systemd socket activation carry systemd's names; they are matched by address
-// when no name matches.
+// when no name matches, and so are inherited sockets named otherwise (the old process asked
+// for port 0, the new one for the port it got).
 //
 // The socket is created blocking; O_NONBLOCK lives on the open file description, which the
 // old and new process share, so a server that sets it sets it for both (all servers here do).

@@ -141,6 +141,46 @@ TEST(registry, systemd_sockets_are_matched_by_address) {
   EXPECT_EQ(reg.handover()[0].name, "tcp:" + addr) << "passed on under our name";
 }
 
+// The old process asked for port 0, the new one for the port it got: the same socket, not a
+// second one beside it (with SO_REUSEPORT that one would join the group, and the unclaimed
+// inherited one would close with its queue after ready).
+TEST(registry, inherited_socket_named_for_port_zero_is_matched_by_its_address) {
+  int fd = listening_tcp();
+  std::string addr = "127.0.0.1:" + std::to_string(port_of(fd));
+  registry reg({{"tcp:127.0.0.1:0", fd, false}}, true);
+  reg.set_reuse_port(true);
+  unique_fd got = reg.listen("tcp", addr);
+  EXPECT_EQ(inode(got.get()), inode(fd));
+  EXPECT_TRUE(reg.close_unclaimed().empty());
+  ASSERT_EQ(reg.handover().size(), 1u);
+  EXPECT_EQ(reg.handover()[0].name, "tcp:" + addr);
+}
+
+TEST(registry, reuse_port_binds_with_so_reuseport) {
+  registry reg({}, false);
+  unique_fd plain = reg.listen("tcp", "127.0.0.1:0");
+  reg.set_reuse_port(true);
+  unique_fd shared = reg.listen("tcp", "127.0.0.1:0");
+  auto reuseport = [](int fd) {
+    int v = 0;
+    socklen_t len = sizeof v;
+    ::getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &v, &len);
+    return v;
+  };
+  EXPECT_EQ(reuseport(plain.get()), 0);
+  EXPECT_EQ(reuseport(shared.get()), 1);
+  // So another socket of ours can join its address; the plain one's can't be joined.
+  int one = 1;
+  for (auto [fd, joins] : {std::pair{shared.get(), true}, std::pair{plain.get(), false}}) {
+    unique_fd other(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ::setsockopt(other.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    sockaddr_in in{};
+    socklen_t len = sizeof in;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&in), &len);
+    EXPECT_EQ(::bind(other.get(), reinterpret_cast<sockaddr*>(&in), len) == 0, joins);
+  }
+}
+
 TEST(registry, unclaimed_inherited_fds_are_closed_after_ready_and_not_passed_on) {
   int used = listening_tcp();
   int dropped = listening_tcp();
