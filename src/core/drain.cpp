@@ -14,6 +14,7 @@
 
 #include "pid_file.hpp"
 #include "protocol.hpp"
+#include "startup.hpp"
 #include "upgrader_impl.hpp"
 
 namespace endless::core {
@@ -297,6 +298,16 @@ bool upgrader::impl::on_parent_channel_readable() {
   }
   if (n <= 0) {
     parent_channel.reset();  // the old process is gone (or read our 'D')
+    if (startup().env.reuseport == "steering" && current.load() == state::serving) {
+      // Its socket closed before it went: ours moved from slot 1 to slot 0 of the group, and
+      // the program still picks slot 1, where a socket joining later would get everything.
+      std::error_code ec;
+      for (const auto& l : registry::instance().handover(ec)) {
+        if (reuseport::is_tcp(l.fd.get()) && reuseport::enabled(l.fd.get())) {
+          (void)reuseport::steer(l.fd.get(), 0);
+        }
+      }
+    }
     if (channel_wait_until) finish();
     return false;
   }

@@ -309,7 +309,15 @@ void take_over(const char* path, std::string_view mode, process_start& s) {
   if (conn) ::setsockopt(conn.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   if (!conn || ::connect(conn.get(), reinterpret_cast<sockaddr*>(&un), sizeof un) != 0) {
-    return fail(std::string("connect: ") + std::strerror(errno));
+    const int err = errno;
+    if (conn && (err == ENOENT || err == ECONNREFUSED)) {
+      // Nothing serves there: the first start of a blue/green pair, which binds the
+      // addresses itself (with SO_REUSEPORT if configured, for the next takeover).
+      env.notes.push_back(std::string("no takeover: nothing serves ") + path + " (" +
+                          std::strerror(err) + "); starting on our own");
+      return;
+    }
+    return fail(std::string("connect: ") + std::strerror(err));
   }
   ucred cred{};
   socklen_t len = sizeof cred;

@@ -6,6 +6,7 @@
 // serving; the mode is refused where neither mechanism is available, and for another user.
 #include <fcntl.h>
 #include <net/if.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -28,11 +29,12 @@ class reuseport_test : public core_fixture {
   std::string sock() const { return pidfile + ".ctl"; }
 
   // The serving process: http_helper with SO_REUSEPORT listeners unless `reuse` is false.
-  pid_t start_serving(bool reuse = true, std::vector<std::string> more = {}) {
+  pid_t start_serving(bool reuse = true, std::vector<std::string> more = {},
+                      std::map<std::string, std::string> env = {}) {
     std::vector<std::string> args = {"--addr", "127.0.0.1:0", "--probation-ms",
                                      "0",      "--reuseport", reuse ? "1" : "0"};
     args.insert(args.end(), more.begin(), more.end());
-    return start(args, {}, HTTP_HELPER_PATH);
+    return start(args, env, HTTP_HELPER_PATH);
   }
 
   // Starts an http_helper on its own that asks for an SO_REUSEPORT takeover (`mode`:
@@ -84,8 +86,8 @@ class reuseport_test : public core_fixture {
   // 5 swaps while 1,000 Connection: close and 1,000 keep-alive clients that never retry run.
   void five_swaps_under_load(const std::string& mode, const std::string& mechanism, bool reuse) {
     pid_t pid = start_serving(reuse);
-    pid_t closing = start_load(port, "close", 1000, 40, dir / "close.txt");
-    pid_t keeping = start_load(port, "keepalive", 1000, 40, dir / "keepalive.txt");
+    pid_t closing = start_load(port, "close", 1000, 25, dir / "close.txt");
+    pid_t keeping = start_load(port, "keepalive", 1000, 25, dir / "keepalive.txt");
     std::this_thread::sleep_for(2s);
     for (int i = 0; i < 5; ++i) {
       pid = take_over(pid, mode, mechanism);
@@ -99,7 +101,11 @@ class reuseport_test : public core_fixture {
 };
 
 TEST_F(reuseport_test, the_new_process_binds_its_own_socket_and_steering_keeps_the_old_queue) {
-  pid_t a = start_serving();
+  // The first start of a blue/green pair: the same settings, nothing to take over yet. It
+  // binds with SO_REUSEPORT, so that steering works for the next one.
+  pid_t a = start_serving(true, {},
+                          {{"ENDLESS_TAKEOVER", sock()}, {"ENDLESS_TAKEOVER_MODE", "reuseport"}});
+  EXPECT_EQ(count_lines(log, "no takeover: nothing serves " + sock()), 1) << read_file(log);
   pid_t b = take_over(a, "reuseport", "steering");
   EXPECT_EQ(count_lines(log, std::to_string(a) +
                                  " SO_REUSEPORT takeover requested over the control socket (pid " +
@@ -110,8 +116,26 @@ TEST_F(reuseport_test, the_new_process_binds_its_own_socket_and_steering_keeps_t
                                  " (SO_ATTACH_REUSEPORT_CBPF)"),
             1)
       << read_file(log);
-  // Again from b: the steering program b inherited in the group points at the newcomer's
-  // slot, so b must point it back at itself first (or c would get connections unready).
+  // A socket of the same user joining the address now (SO_REUSEPORT lets it) gets nothing:
+  // once a is gone, b points the program at its own slot, not the one a stranger would take.
+  std::this_thread::sleep_for(300ms);
+  {
+    int one = 1;
+    int stray = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(stray, 0);
+    ::setsockopt(stray, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    sockaddr_in in{};
+    in.sin_family = AF_INET;
+    in.sin_port = htons(static_cast<std::uint16_t>(port));
+    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(stray, reinterpret_cast<sockaddr*>(&in), sizeof in), 0)
+        << std::strerror(errno);
+    ASSERT_EQ(::listen(stray, 16), 0);
+    for (int i = 0; i < 10; ++i)
+      EXPECT_EQ(http_get(port, "/pid").x_pid, b);
+    ::close(stray);
+  }
+  // Again from b (its socket alone on the address once more).
   pid_t c = take_over(b, "reuseport-steering", "steering");
   EXPECT_EQ(http_get(port, "/pid").x_pid, c);
   auto g = http_get(port, "/generations");
