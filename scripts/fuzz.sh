@@ -43,8 +43,9 @@ sources_of() {
   case "$1" in
     http1 | chunked) echo src/http/http1_parser.cpp src/http/message.cpp ;;
     router) echo src/http/router.cpp src/http/message.cpp src/http/http1_parser.cpp \
-      src/core/startup.cpp src/core/error.cpp ;;
-    startup_env) echo src/core/startup.cpp src/core/error.cpp ;;
+      src/core/startup.cpp src/core/reuseport.cpp src/core/address.cpp src/core/error.cpp ;;
+    startup_env) echo src/core/startup.cpp src/core/reuseport.cpp src/core/address.cpp \
+      src/core/error.cpp ;;
     http2) echo src/core/*.cpp src/io/*.cpp src/http/*.cpp ;;
   esac
 }

@@ -294,18 +294,35 @@ void upgrader::impl::start_takeover(control_client& c, bool by_reuseport,
   reuseport::mechanism how = reuseport::mechanism::none;
   std::string how_text;
   if (by_reuseport) {
+    // Its sockets must join our groups: the same network namespace.
+    auto netns = [](const std::string& who) {
+      char buf[64] = {};
+      ssize_t n = ::readlink(("/proc/" + who + "/ns/net").c_str(), buf, sizeof buf - 1);
+      return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+    };
+    const std::string ours = netns("self"), theirs = netns(std::to_string(c.peer));
+    if (ours.empty() || ours != theirs) {
+      return refuse("unsupported", theirs.empty() ? "the peer's network namespace can't be read"
+                                                  : "the peer is in another network namespace");
+    }
     std::string no_steering;
     const int migrate = reuseport::migrate_req();
     for (auto& l : listeners) {
       if (!reuseport::is_tcp(l.fd.get())) continue;
       std::string address = local_address(l.fd.get());
+      if (l.from_systemd) {
+        // systemd keeps its copy: our close would leave the socket in the group for good.
+        return refuse("unsupported", address +
+                                         " came from systemd socket activation, which keeps "
+                                         "the socket open; use the fd takeover");
+      }
       if (int n = reuseport::listeners_on(l.fd.get()); n != 1) {
         // An older generation still closing its socket in the group is a wait; anybody
         // else sharing the address is a refusal.
         return refuse(n > 1 && family.prune() > 0 ? "busy" : "unsupported",
                       n < 0 ? "can't read /proc/net/tcp to check who listens on " + address
                             : std::to_string(n) + " sockets listen on " + address +
-                                  " already (another process shares it with SO_REUSEPORT)");
+                                  ", not just ours (another one shares it with SO_REUSEPORT)");
       }
       if (only == reuseport::mechanism::migrate) {
         no_steering = "migrate was asked for";

@@ -12,6 +12,7 @@
 
 #include <cstring>
 
+#include "endless/core/address.hpp"
 #include "pid_file.hpp"
 #include "protocol.hpp"
 #include "startup.hpp"
@@ -172,6 +173,10 @@ void upgrader::impl::end_probation(const std::string& why) {
   for (drainable* d : targets)
     d->release_listeners();
   registry::instance().close_all(false);
+  if (retire_at && retired_since) {
+    // Over early (a stop, the hammer, its own drain): our queue needs only its own time.
+    retire_at = std::min(*retire_at, std::max(clock::now(), *retired_since + kRetireAfter));
+  }
   if (finish_pending) {
     finish_pending = false;
     finish();
@@ -298,13 +303,18 @@ bool upgrader::impl::on_parent_channel_readable() {
   }
   if (n <= 0) {
     parent_channel.reset();  // the old process is gone (or read our 'D')
-    if (startup().env.reuseport == "steering" && current.load() == state::serving) {
+    if (startup().env.reuseport == "steering") {
       // Its socket closed before it went: ours moved from slot 1 to slot 0 of the group, and
       // the program still picks slot 1, where a socket joining later would get everything.
+      // Only where ours is alone: with another one there, slot 0 may be that one.
       std::error_code ec;
       for (const auto& l : registry::instance().handover(ec)) {
-        if (reuseport::is_tcp(l.fd.get()) && reuseport::enabled(l.fd.get())) {
+        if (!reuseport::is_tcp(l.fd.get()) || !reuseport::enabled(l.fd.get())) continue;
+        if (int alone = reuseport::listeners_on(l.fd.get()); alone == 1) {
           (void)reuseport::steer(l.fd.get(), 0);
+        } else {
+          log_pid(std::to_string(alone) + " sockets listen on " + local_address(l.fd.get()) +
+                  " after the old process went: steering left as it is");
         }
       }
     }
@@ -364,39 +374,62 @@ bool upgrader::impl::on_parent_channel_readable() {
 }
 
 void upgrader::impl::on_retiring_readable() {
+  if (retire_backoff && clock::now() < *retire_backoff) return;
+  retire_backoff.reset();
+  // Ours to serve, draining, when the new process takes no more.
+  auto keep_here = [&] {
+    std::vector<drainable*> targets;
+    {
+      std::lock_guard lock(mu);
+      targets = services;
+    }
+    bool taken = false;
+    for (drainable* d : targets) {
+      if (!taken && d->adopt_new(retire_pending, retire_pending_for)) taken = true;
+    }
+    if (!taken) {
+      if (lost_new++ == 0) {
+        log_pid("no process takes the connections left in our SO_REUSEPORT queue of " +
+                retire_pending_for + "; closing them");
+      }
+      retire_pending.reset();
+    }
+  };
   for (int round = 0; round < 1024; ++round) {
     if (retire_pending) {
+      errno = 0;
       if (send_connection(retire_pending.get(), retire_pending_for, protocol::kNewConnection)) {
         retire_pending.reset();
         passed_new++;
-      } else if (child_channel) {
+      } else if (child_channel && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         return;  // its channel is full: again when it can take more (POLLOUT)
       } else {
-        // It takes no more (it drains itself, or is gone): our own servers answer it, draining.
-        std::vector<drainable*> targets;
-        {
-          std::lock_guard lock(mu);
-          targets = services;
-        }
-        bool taken = false;
-        for (drainable* d : targets) {
-          if (!taken && d->adopt_new(retire_pending, retire_pending_for)) taken = true;
-        }
-        if (!taken) {
-          if (lost_new++ == 0) {
-            log_pid("no process takes the connections left in our SO_REUSEPORT queue of " +
-                    retire_pending_for + "; closing them");
-          }
-          retire_pending.reset();
-        }
+        keep_here();  // it takes no more (it drains itself, is gone, or the send failed)
       }
     }
     bool got = false;
+    retire_all_empty = true;
     for (auto& l : retiring) {
-      int fd = ::accept4(l.fd.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-      if (fd < 0) continue;  // EAGAIN (empty), or a connection that died in the queue
+      int fd;
+      do {
+        fd = ::accept4(l.fd.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        // A connection that died in the queue: the next one.
+      } while (fd < 0 && (errno == EINTR || errno == ECONNABORTED || errno == EPROTO));
+      if (fd < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+          // Out of fds or memory: the queue is not empty; again in 100 ms, never closed so.
+          retire_all_empty = false;
+          if (!retire_backoff) {
+            log_pid(std::string("accept on our SO_REUSEPORT listener of ") + l.address + ": " +
+                    std::strerror(errno) + "; trying again in 100 ms");
+          }
+          retire_backoff = clock::now() + std::chrono::milliseconds(100);
+        }
+        continue;
+      }
       retire_pending.reset(fd);
       retire_pending_for = l.address;
+      retire_all_empty = false;
       got = true;
       break;
     }
@@ -407,8 +440,9 @@ void upgrader::impl::on_retiring_readable() {
 void upgrader::impl::retire_listeners(bool sweep) {
   if (retiring.empty()) return;
   if (sweep) on_retiring_readable();
-  if (retire_pending) {
-    retire_at = clock::now() + std::chrono::milliseconds(10);  // the channel is full: soon
+  if (retire_pending || !retire_all_empty) {
+    // The channel is full, or accept failed: soon again, never closed with a queue.
+    retire_at = clock::now() + std::chrono::milliseconds(retire_backoff ? 100 : 10);
     return;
   }
   // Empty now. With steering nothing new comes to these sockets; with migrate the kernel
@@ -419,6 +453,7 @@ void upgrader::impl::retire_listeners(bool sweep) {
           (lost_new ? ", " + std::to_string(lost_new) + " closed (no taker)" : ""));
   retiring.clear();
   retire_at.reset();
+  retire_backoff.reset();
   if (finish_pending && !probation) {
     finish_pending = false;
     finish();
@@ -441,6 +476,7 @@ void upgrader::impl::unretire_listeners() {
     for (drainable* d : targets) {
       if (!taken && d->adopt_new(retire_pending, retire_pending_for)) taken = true;
     }
+    if (!taken) log_pid("rollback: a connection from our SO_REUSEPORT queue had no taker");
     retire_pending.reset();
   }
   retiring.clear();

@@ -238,6 +238,16 @@ void upgrader::impl::on_channel_readable() {
       }
     }
     if (upgrade->reuseport == reuseport::mechanism::steering) {
+      // Slot 1 must be the new socket: ours and its, nobody else's, on each address.
+      for (const auto& [address, fd] : upgrade->shared) {
+        if (int sockets = reuseport::listeners_on(fd.get()); sockets != 2) {
+          fail_upgrade(errc::not_ready, std::to_string(n) + " sockets listen on " + address +
+                                            " at the readiness of new process " +
+                                            std::to_string(child) +
+                                            " (ours and its were expected); it was killed");
+          return;
+        }
+      }
       for (const auto& [address, fd] : upgrade->shared) {
         if (auto e = reuseport::steer(fd.get(), 1)) {
           for (const auto& s : upgrade->shared)
@@ -257,6 +267,10 @@ void upgrader::impl::on_channel_readable() {
   ack += carry_out();
   if (::send(upgrade->channel.get(), ack.data(), ack.size(), MSG_NOSIGNAL) !=
       static_cast<ssize_t>(ack.size())) {
+    if (upgrade->reuseport == reuseport::mechanism::steering) {
+      for (const auto& s : upgrade->shared)
+        (void)reuseport::steer(s.second.get(), 0);  // ours again
+    }
     fail_upgrade(errc::child_exited,
                  "new process " + std::to_string(child) + " went away during the hand-over");
     return;
@@ -315,7 +329,10 @@ void upgrader::impl::on_channel_readable() {
       retiring.push_back({address, std::move(fd)});
     }
     retiring_by = upgrade->reuseport;
-    retire_at = clock::now() + std::max<std::chrono::milliseconds>(kRetireAfter, opts.probation);
+    retired_since = clock::now();
+    retire_at = *retired_since + std::max<std::chrono::milliseconds>(
+                                     kRetireAfter, on_probation ? opts.probation : kRetireAfter);
+    passed_new = lost_new = 0;
     log_pid(upgrade->reuseport == reuseport::mechanism::steering
                 ? "new connections go to new process " + std::to_string(child) +
                       " (SO_ATTACH_REUSEPORT_CBPF); passing it what is left in our queue"

@@ -14,6 +14,7 @@
 
 #include "endless/core/address.hpp"
 #include "endless/core/error.hpp"
+#include "reuseport.hpp"
 #include "startup.hpp"
 
 namespace endless::core {
@@ -87,7 +88,8 @@ std::error_code clear_stale_unix_path(const char* path, std::string& why) {
   return std::make_error_code(std::errc::address_in_use);
 }
 
-unique_fd bind_fresh(const endpoint& ep, bool reuse_port, std::error_code& ec, std::string& why) {
+unique_fd bind_fresh(const endpoint& ep, bool reuse_port, bool only_if_alone, std::error_code& ec,
+                     std::string& why) {
   const char* path = reinterpret_cast<const sockaddr_un*>(&ep.addr)->sun_path;
   if (is_path(ep)) {
     ec = clear_stale_unix_path(path, why);
@@ -116,6 +118,11 @@ unique_fd bind_fresh(const endpoint& ep, bool reuse_port, std::error_code& ec, s
     }
   }
   if (::bind(fd.get(), ep.sa(), ep.len) != 0) return fail("bind");
+  if (reuse_port && only_if_alone && ep.addr.ss_family != AF_UNIX &&
+      reuseport::listeners_on(fd.get()) != 0) {
+    errno = EADDRINUSE;
+    return fail("bind (another socket listens there with SO_REUSEPORT; not sharing it)");
+  }
   if (::listen(fd.get(), kBacklog) != 0) return fail("listen");
   return fd;
 }
@@ -148,7 +155,7 @@ struct registry::impl {
   mutable std::mutex mu;
   std::vector<entry> entries;
   std::map<std::string, int> any_port_calls;
-  std::atomic<bool> reuse_port{false};
+  std::atomic<bool> reuse_port{false}, reuse_port_alone{false};
 
   entry* find_locked(std::string_view name) {
     auto it = std::find_if(entries.begin(), entries.end(),
@@ -233,7 +240,7 @@ unique_fd registry::listen(std::string_view network, std::string_view address, s
     }
     return dup_cloexec(e->fd.get(), ec);
   }
-  unique_fd fd = bind_fresh(ep, impl_->reuse_port.load(), ec, why);
+  unique_fd fd = bind_fresh(ep, impl_->reuse_port.load(), impl_->reuse_port_alone.load(), ec, why);
   if (ec) return {};
   entry fresh;
   fresh.name = ep.name;
@@ -281,7 +288,7 @@ std::vector<registry::handover_fd> registry::handover(std::error_code& ec) const
     if (!e.claimed || !e.fd) continue;
     unique_fd copy = dup_cloexec(e.fd.get(), ec);
     if (ec) return {};
-    out.push_back({e.name, std::move(copy), e.owns_path});
+    out.push_back({e.name, std::move(copy), e.owns_path, e.from == entry::origin::systemd});
   }
   return out;
 }
@@ -317,7 +324,8 @@ void registry::close_all(bool final) {
   impl_->entries.clear();
 }
 
-void registry::set_reuse_port(bool on) noexcept {
+void registry::set_reuse_port(bool on, bool only_if_alone) noexcept {
+  impl_->reuse_port_alone.store(only_if_alone);
   impl_->reuse_port.store(on);
 }
 

@@ -311,6 +311,7 @@ void take_over(const char* path, std::string_view mode, process_start& s) {
   if (!conn || ::connect(conn.get(), reinterpret_cast<sockaddr*>(&un), sizeof un) != 0) {
     const int err = errno;
     if (conn && (err == ENOENT || err == ECONNREFUSED)) {
+      env.takeover_absent = true;
       // Nothing serves there: the first start of a blue/green pair, which binds the
       // addresses itself (with SO_REUSEPORT if configured, for the next takeover).
       env.notes.push_back(std::string("no takeover: nothing serves ") + path + " (" +

@@ -42,6 +42,9 @@ struct startup_env {
   // ENDLESS_TAKEOVER was set and the takeover failed: this process must not share an
   // address by SO_REUSEPORT with the one it failed to take over from.
   bool takeover_failed = false;
+  // ENDLESS_TAKEOVER was set and nothing served there: the first start. SO_REUSEPORT, if
+  // configured, only where no socket listens yet.
+  bool takeover_absent = false;
   std::vector<inherited_fd> fds;
   int ready_fd = -1;
   std::uint64_t generation = 0;

@@ -180,6 +180,7 @@ std::optional<int> upgrader::impl::poll_timeout_ms() const {
   }
   consider(control_backoff);
   if (!retiring.empty() && !probation) consider(retire_at);
+  if (!retiring.empty()) consider(retire_backoff);
   if (retiring.size() > kRetiringPolled) consider(clock::now() + std::chrono::milliseconds(10));
   if (!next) return std::nullopt;
   auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - clock::now()).count();
@@ -201,8 +202,8 @@ void upgrader::impl::on_timers() {
   if (!retiring.empty()) {
     if (retire_at && now >= *retire_at && !probation) {
       retire_listeners(true);
-    } else if (retiring.size() > kRetiringPolled) {
-      on_retiring_readable();  // those past the poll set
+    } else if (retiring.size() > kRetiringPolled || (retire_backoff && now >= *retire_backoff)) {
+      on_retiring_readable();  // those past the poll set, or after a failed accept
     }
   }
   if (next_watchdog && now >= *next_watchdog) {
@@ -251,7 +252,7 @@ void upgrader::impl::loop() {
     // connection already waits to be sent).
     const int retiring_at = n;
     int retiring_polled = 0;
-    if (!retire_pending) {
+    if (!retire_pending && !retire_backoff) {
       for (const auto& l : retiring) {
         if (retiring_polled == static_cast<int>(kRetiringPolled)) break;
         fds[n++] = {l.fd.get(), POLLIN, 0};
@@ -471,7 +472,7 @@ upgrader::upgrader(options opts) {
             "may still be served by the process it was to replace");
         share = false;
       }
-      registry::instance().set_reuse_port(share);
+      registry::instance().set_reuse_port(share, env.takeover_absent);
     }
     if (impl_->has_parent) {
       // Every process of a lineage names itself: the pid prefixes each line, this says which

@@ -130,7 +130,10 @@ struct upgrader::impl {
   // with migrate, still getting a share), accepted from until `retire_at` (at least
   // kRetireAfter after the hand-over, and past the probation) and what they hold passed to
   // the new process ('N'); then closed once empty. (thread)
-  static constexpr std::chrono::milliseconds kRetireAfter{1000};
+  // Long enough for a handshake begun on our socket before the switch to reach our queue,
+  // TCP_DEFER_ACCEPT's wait for the first request byte (1 s) and a SYN-ACK retransmit
+  // included.
+  static constexpr std::chrono::milliseconds kRetireAfter{3000};
   static constexpr std::size_t kRetiringPolled = 32;  // more are looked at every 10 ms
   struct retiring_listener {
     std::string address;
@@ -138,9 +141,11 @@ struct upgrader::impl {
   };
   std::vector<retiring_listener> retiring;
   reuseport::mechanism retiring_by = reuseport::mechanism::none;
-  std::optional<clock::time_point> retire_at;
-  unique_fd retire_pending;                    // accepted, not sent yet (the channel was full)
-  std::string retire_pending_for;              // its listener
+  std::optional<clock::time_point> retire_at, retired_since;
+  std::optional<clock::time_point> retire_backoff;  // accept failed for lack of fds/memory
+  bool retire_all_empty = false;   // the last accept on each retiring socket said EAGAIN
+  unique_fd retire_pending;        // accepted, not sent yet (the channel was full)
+  std::string retire_pending_for;  // its listener
   std::uint64_t passed_new = 0, lost_new = 0;  // 'N' sent, and closed for want of a taker
   std::atomic<std::uint64_t> handed{0}, adopted_count{0};
   std::uint64_t refused_adoptions = 0;  // (thread)

@@ -9,9 +9,9 @@
 // with ':' come back exactly, with their ownership flags.
 //
 // Input: two bytes of flags, then the values separated by NUL (environment values hold no
-// NUL). Flags: bit i of the first byte and bits 0-4 of the second: variable i of
-// protocol::kAllVariables is set (to the next value; ENDLESS_TAKEOVER, read by the load-time
-// snapshot, must not change what the parser returns); bit 5 of the second: LISTEN_PID is
+// NUL). Flags: bit i of the first byte and bits 0-5 of the second: variable i of
+// protocol::kAllVariables is set (to the next value; ENDLESS_TAKEOVER and _MODE, read by the
+// load-time snapshot, must not change what the parser returns); bit 6 of the second: LISTEN_PID is
 // this process's pid whatever the value says. Each value is also a name in the takeover
 // answer: decode_word(encode_word(v)) == v, as one word of one line.
 #include <charconv>
@@ -40,7 +40,7 @@ namespace {
 
 constexpr pid_t kSelf = 4242;
 constexpr std::size_t kVariables = std::size(protocol::kAllVariables);
-static_assert(kVariables == 13);
+static_assert(kVariables == 14);
 
 struct fake_env {
   std::vector<std::pair<std::string, std::string>> vars;
@@ -133,7 +133,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::string_view v = next < values.size() ? values[next++] : std::string_view();
     e.vars.emplace_back(p::kAllVariables[i], std::string(v));
   }
-  if (flags & (1u << 13)) {
+  if (flags & (1u << 14)) {
     std::erase_if(e.vars, [](const auto& kv) { return kv.first == p::kListenPid; });
     e.vars.emplace_back(p::kListenPid, std::to_string(kSelf));
   }

@@ -86,8 +86,8 @@ class reuseport_test : public core_fixture {
   // 5 swaps while 1,000 Connection: close and 1,000 keep-alive clients that never retry run.
   void five_swaps_under_load(const std::string& mode, const std::string& mechanism, bool reuse) {
     pid_t pid = start_serving(reuse);
-    pid_t closing = start_load(port, "close", 1000, 25, dir / "close.txt");
-    pid_t keeping = start_load(port, "keepalive", 1000, 25, dir / "keepalive.txt");
+    pid_t closing = start_load(port, "close", 1000, 35, dir / "close.txt");
+    pid_t keeping = start_load(port, "keepalive", 1000, 35, dir / "keepalive.txt");
     std::this_thread::sleep_for(2s);
     for (int i = 0; i < 5; ++i) {
       pid = take_over(pid, mode, mechanism);
@@ -225,6 +225,54 @@ TEST_F(reuseport_test, without_steering_or_migration_the_mode_is_refused_and_not
             2)
       << read_file(log);
   EXPECT_EQ(read_pid(pidfile), a);
+  for (int i = 0; i < 5; ++i)
+    EXPECT_EQ(http_get(port, "/pid").x_pid, a);
+}
+
+// A crash of the new process during the probation (the default path: probation on): the old
+// process takes the service back on its own socket, which new connections reach again.
+TEST_F(reuseport_test, a_crash_during_the_probation_rolls_back_to_the_old_socket) {
+  const std::string fault = dir / "fault";
+  pid_t a = start({"--addr", "127.0.0.1:0", "--probation-ms", "5000", "--reuseport", "1"}, {},
+                  HTTP_HELPER_PATH);
+  write_file(fault, "crash-after-ready");
+  processes::spec s;
+  s.argv = {HTTP_HELPER_PATH, "--pidfile", pidfile, "--addr", "127.0.0.1:" + std::to_string(port),
+            "--fault-file",   fault};
+  s.env = {{"ENDLESS_TAKEOVER", sock()}, {"ENDLESS_TAKEOVER_MODE", "reuseport"}};
+  s.log = log;
+  pid_t b = procs.start(s);
+  ASSERT_TRUE(wait_until([&] { return count_lines(log, "rolled back: serving again") == 1; }, 20s))
+      << read_file(log);
+  EXPECT_TRUE(procs.wait_gone(b, 5s));
+  EXPECT_EQ(read_pid(pidfile), a);
+  for (int i = 0; i < 10; ++i)
+    EXPECT_EQ(http_get(port, "/pid").x_pid, a);
+  // And the next takeover goes through as usual.
+  pid_t c = take_over(a, "reuseport", "steering");
+  EXPECT_EQ(http_get(port, "/pid").x_pid, c);
+}
+
+// The first start of a pair (nothing at the control socket) does not silently join a group
+// that another process holds on the port: its bind fails as it would without SO_REUSEPORT.
+TEST_F(reuseport_test, a_first_start_does_not_share_a_port_someone_else_serves) {
+  pid_t a = start_serving();
+  processes::spec s;
+  s.argv = {HTTP_HELPER_PATH,
+            "--pidfile",
+            dir / "other.pid",
+            "--addr",
+            "127.0.0.1:" + std::to_string(port),
+            "--reuseport",
+            "1"};
+  s.env = {{"ENDLESS_TAKEOVER", dir / "nothing.ctl"}, {"ENDLESS_TAKEOVER_MODE", "reuseport"}};
+  s.log = log;
+  pid_t b = procs.start(s);
+  int status = 0;
+  EXPECT_TRUE(procs.wait_gone(b, 10s, &status));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+  EXPECT_EQ(count_lines(log, "another socket listens there with SO_REUSEPORT; not sharing it"), 1)
+      << read_file(log);
   for (int i = 0; i < 5; ++i)
     EXPECT_EQ(http_get(port, "/pid").x_pid, a);
 }

@@ -63,6 +63,7 @@ class registry {
     std::string name;
     unique_fd fd;  ///< a duplicate, made under the registry's lock
     bool owns_path;
+    bool from_systemd = false;  ///< socket activation in this process: systemd holds it too
   };
   /// What goes to the next process: every listener created or claimed, and added fds.
   /// Fails (with `ec` set and nothing returned) if a duplicate can't be made (EMFILE).
@@ -79,7 +80,9 @@ class registry {
   bool inherited_from_parent() const noexcept { return from_parent_; }
   /// TCP listeners bound from now on get SO_REUSEPORT (options::reuse_port, set by the
   /// upgrader), so that a process started later can share their address (docs/core.md).
-  void set_reuse_port(bool on) noexcept;
+  /// `only_if_alone`: unless a socket listens on the address already (which SO_REUSEPORT
+  /// would silently share): then the bind fails, as it would without SO_REUSEPORT.
+  void set_reuse_port(bool on, bool only_if_alone = false) noexcept;
   std::size_t size() const;
 
  private:
