@@ -32,8 +32,8 @@ server_cpu=1
 client_cpu=0
 build=build/bench
 declare -A port=([noop]=18080 [nginx]=18081 [endless]=18082 [h2o]=18083 [tableflip]=18084
-  [grace]=18085)
-declare -A label=([noop]="noop (ceiling)" [nginx]="nginx" [endless]="endless (hello)"
+  [grace]=18085 [endless-static]=18086)
+declare -A label=([noop]="noop (ceiling)" [nginx]="nginx" [endless]="endless (hello)" [endless-static]="endless (hello, static runtime)"
   [h2o]="h2o (mruby /)" [tableflip]="Go tableflip" [grace]="Go grace")
 all_scenarios=(keep-alive close "pipelined-$depth" https-keep-alive tls-handshakes h2)
 read -r -a scenarios <<<"${SCENARIOS:-${all_scenarios[*]}}"
@@ -41,7 +41,7 @@ h2_streams=10        # h2load -m: concurrent streams per connection
 handshake_tls=1.3    # handshake_client --tls: the only TLS version it offers
 # Which scenarios run over TLS, and which servers can serve them.
 declare -A tls_scenario=([https-keep-alive]=1 [tls-handshakes]=1 [h2]=1)
-declare -A tls_capable=([nginx]=1 [endless]=1 [h2o]=1)
+declare -A tls_capable=([nginx]=1 [endless]=1 [h2o]=1 [endless-static]=1)
 
 die() {
   echo "bench: $*" >&2
@@ -179,6 +179,21 @@ if [[ " ${servers[*]} " == *" endless "* ]]; then
     endless_note="endless (examples/hello): not built yet ($build/examples/hello missing), skipped"
   fi
 fi
+# endless-static: the same hello built with ENDLESS_STATIC_RUNTIME=ON (libstdc++, libgcc,
+# OpenSSL and nghttp2 linked in; glibc shared), in its own build directory.
+static_build=build/bench-static
+static_bin=""
+if [[ " ${servers[*]} " == *" endless-static "* ]]; then
+  say "building the static-runtime hello in $static_build"
+  if cmake -S . -B "$static_build" -DCMAKE_BUILD_TYPE=Release -DENDLESS_BUILD_TESTS=OFF \
+    -DENDLESS_STATIC_RUNTIME=ON >>"$build_log" 2>&1 &&
+    cmake --build "$static_build" --parallel "$(nproc)" --target hello >>"$build_log" 2>&1; then
+    static_bin=$static_build/examples/hello
+  else
+    tail -30 "$build_log" >&2
+    die "static-runtime build failed (full log: $build_log)"
+  fi
+fi
 if [[ -z $noop_bin ]]; then
   # No CMake target for it yet: the same warnings as the library, as errors.
   noop_bin=$build/noop_server
@@ -259,8 +274,10 @@ server_argv() { # name [tls] -> argv array (tls: 1 for the TLS scenarios)
       if ((tls)); then conf=$nginx_tls_conf; fi
       argv=(taskset -c "$server_cpu" nginx -p "$tmp/nginx/" -c "$conf" -e "$tmp/nginx/error.log")
       ;;
-    endless)
-      argv=(taskset -c "$server_cpu" "$hello_bin" --addr "127.0.0.1:$p" --threads 1)
+    endless | endless-static)
+      local bin=$hello_bin
+      [[ $1 == endless-static ]] && bin=$static_bin
+      argv=(taskset -c "$server_cpu" "$bin" --addr "127.0.0.1:$p" --threads 1)
       if ((tls)); then argv+=(--tls-cert "$cert" --tls-key "$key"); fi
       ;;
     h2o)
@@ -616,6 +633,10 @@ has_scenario() { [[ " ${scenarios[*]} " == *" $1 "* ]]; }
     else
       echo "# no target hello or noop_server defined yet: nothing built by cmake"
     fi
+  fi
+  if [[ -n $static_bin ]]; then
+    echo "cmake -S . -B $static_build -DCMAKE_BUILD_TYPE=Release -DENDLESS_BUILD_TESTS=OFF -DENDLESS_STATIC_RUNTIME=ON"
+    echo "cmake --build $static_build --parallel $(nproc) --target hello"
   fi
   if [[ $noop_bin == "$build/noop_server" ]]; then
     echo "g++ -std=c++20 -O2 -Wall -Wextra -Wpedantic -Wshadow -Wold-style-cast -Werror bench/noop_server.cpp -o $noop_bin"

@@ -22,9 +22,9 @@ if [ -z "$sanitize" ]; then tests/package/run.sh "$build"; fi
 if [ -z "$sanitize" ]; then scripts/docs.sh; fi
 # Every example under valgrind's memcheck (plain build only: not beside a sanitizer).
 if [ -z "$sanitize" ]; then scripts/valgrind.sh "$build"; fi
-# The fuzz targets, 20 s each (five: about two minutes with the build; scripts/fuzz.sh N
+# The fuzz targets, 10 s each (five: about a minute and a half with the build; scripts/fuzz.sh N
 # runs each for N seconds).
-if [ -z "$sanitize" ]; then scripts/fuzz.sh "${FUZZ_SECONDS:-20}"; fi
+if [ -z "$sanitize" ]; then scripts/fuzz.sh "${FUZZ_SECONDS:-10}"; fi
 # The benchmarks, for seconds, so that they keep working (bench/run.sh for real figures).
 if [ -z "$sanitize" ]; then
   scripts/deps.sh nginx wrk python3
