@@ -59,12 +59,12 @@ TEST_F(takeover_test, an_independent_process_takes_the_listeners_and_the_old_one
   EXPECT_NE(g.body.find("2 " + std::to_string(c) + " serving"), std::string::npos) << g.body;
 }
 
-// 5 takeovers while clients that never retry run, Connection: close and keep-alive.
+// 5 takeovers while 1,000 Connection: close and 1,000 keep-alive clients that never retry run.
 TEST_F(takeover_test, five_takeovers_under_load_lose_nothing) {
   ENDLESS_PLAIN_BUILD_ONLY();
   pid_t pid = start({"--addr", "127.0.0.1:0", "--probation-ms", "0"}, {}, HTTP_HELPER_PATH);
-  pid_t closing = start_load(port, "close", 200, 20, dir / "close.txt");
-  pid_t keeping = start_load(port, "keepalive", 200, 20, dir / "keepalive.txt");
+  pid_t closing = start_load(port, "close", 1000, 20, dir / "close.txt");
+  pid_t keeping = start_load(port, "keepalive", 1000, 20, dir / "keepalive.txt");
   std::this_thread::sleep_for(1s);
   for (int i = 0; i < 5; ++i)
     pid = take_over(pid, {"--addr", "127.0.0.1:0", "--probation-ms", "0"}, HTTP_HELPER_PATH);
