@@ -373,21 +373,24 @@ bool upgrader::impl::on_parent_channel_readable() {
   return true;
 }
 
+bool upgrader::impl::adopt_here(unique_fd& conn, std::string_view listener) {
+  std::vector<drainable*> targets;
+  {
+    std::lock_guard lock(mu);
+    targets = services;
+  }
+  for (drainable* d : targets) {
+    if (d->adopt_new(conn, listener)) return true;
+  }
+  return false;
+}
+
 void upgrader::impl::on_retiring_readable() {
   if (retire_backoff && clock::now() < *retire_backoff) return;
   retire_backoff.reset();
   // Ours to serve, draining, when the new process takes no more.
   auto keep_here = [&] {
-    std::vector<drainable*> targets;
-    {
-      std::lock_guard lock(mu);
-      targets = services;
-    }
-    bool taken = false;
-    for (drainable* d : targets) {
-      if (!taken && d->adopt_new(retire_pending, retire_pending_for)) taken = true;
-    }
-    if (!taken) {
+    if (!adopt_here(retire_pending, retire_pending_for)) {
       if (lost_new++ == 0) {
         log_pid("no process takes the connections left in our SO_REUSEPORT queue of " +
                 retire_pending_for + "; closing them");
@@ -466,19 +469,10 @@ void upgrader::impl::unretire_listeners() {
     for (auto& l : retiring)
       (void)reuseport::steer(l.fd.get(), 0);  // alone again: 0 is ours
   }
-  if (retire_pending) {
-    std::vector<drainable*> targets;
-    {
-      std::lock_guard lock(mu);
-      targets = services;
-    }
-    bool taken = false;
-    for (drainable* d : targets) {
-      if (!taken && d->adopt_new(retire_pending, retire_pending_for)) taken = true;
-    }
-    if (!taken) log_pid("rollback: a connection from our SO_REUSEPORT queue had no taker");
-    retire_pending.reset();
+  if (retire_pending && !adopt_here(retire_pending, retire_pending_for)) {
+    log_pid("rollback: a connection from our SO_REUSEPORT queue had no taker");
   }
+  retire_pending.reset();
   retiring.clear();
   retire_at.reset();
 }

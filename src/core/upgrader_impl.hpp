@@ -276,6 +276,8 @@ struct upgrader::impl {
   void retire_listeners(bool sweep);
   // A rollback: our sockets get the new connections again.
   void unretire_listeners();
+  // A connection from our own queue, served by one of our servers (draining or resumed).
+  bool adopt_here(unique_fd& conn, std::string_view listener);
   // (new process) Takes the connections queued on the channel from the old process; false
   // once it is closed.
   bool on_parent_channel_readable();

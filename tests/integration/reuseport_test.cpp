@@ -49,6 +49,16 @@ class reuseport_test : public core_fixture {
     return procs.start(s);
   }
 
+  // A takeover that fails before ready on purpose (`fault`: noready, exit1-before-ready): the
+  // old process logs its `nth` failed upgrade and the new one is gone (killed if it hung).
+  void fail_a_takeover(const std::string& fault, int nth) {
+    write_file(dir / "fault", fault);
+    pid_t p = start_taking_over("reuseport", {"--fault-file", dir / "fault"});
+    ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == nth; }, 15s))
+        << read_file(log);
+    EXPECT_TRUE(procs.wait_gone(p, 10s)) << "killed, as a new process of ours would be";
+  }
+
   // A takeover that succeeds: the pid file names the new process, it answers, the old one
   // exits (after passing on what was left in its queue and closing its socket).
   pid_t take_over(pid_t old, const std::string& mode, const std::string& mechanism) {
@@ -158,20 +168,13 @@ TEST_F(reuseport_test, five_migrated_swaps_under_load_lose_nothing) {
 
 TEST_F(reuseport_test,
        a_process_that_fails_before_ready_leaves_the_old_one_serving_with_its_queue) {
-  const std::string fault = dir / "fault";
   pid_t a = start_serving(true, {"--upgrade-timeout-ms", "1500"});
   pid_t load = start_load(port, "close", 50, 8, dir / "close.txt");
   std::this_thread::sleep_for(500ms);
-  write_file(fault, "noready");
-  pid_t b = start_taking_over("reuseport", {"--fault-file", fault});
-  ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 15s))
-      << read_file(log);
-  EXPECT_TRUE(procs.wait_gone(b, 10s)) << "killed, as a new process of ours would be";
-  write_file(fault, "exit1-before-ready");
-  pid_t c = start_taking_over("reuseport", {"--fault-file", fault});
-  ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 2; }, 15s))
-      << read_file(log);
-  EXPECT_TRUE(procs.wait_gone(c, 10s));
+  fail_a_takeover("noready", 1);
+  if (HasFatalFailure()) return;
+  fail_a_takeover("exit1-before-ready", 2);
+  if (HasFatalFailure()) return;
   EXPECT_EQ(read_pid(pidfile), a);
   for (int i = 0; i < 10; ++i)
     EXPECT_EQ(http_get(port, "/pid").x_pid, a);
@@ -184,17 +187,13 @@ TEST_F(reuseport_test,
 TEST_F(reuseport_test, with_migration_a_failed_process_queue_comes_back_to_the_old_one) {
   enter_own_netns(1);
   if (HasFatalFailure()) return;
-  const std::string fault = dir / "fault";
   pid_t a = start_serving(false, {"--upgrade-timeout-ms", "1500"});
   pid_t load = start_load(port, "close", 50, 8, dir / "close.txt");
   std::this_thread::sleep_for(500ms);
-  write_file(fault, "noready");
-  pid_t b = start_taking_over("reuseport", {"--fault-file", fault});
-  ASSERT_TRUE(wait_until([&] { return count_lines(log, "upgrade failed") == 1; }, 15s))
-      << read_file(log);
+  fail_a_takeover("noready", 1);
+  if (HasFatalFailure()) return;
   EXPECT_EQ(count_lines(log, "net.ipv4.tcp_migrate_req=1 moves our queue when we close"), 1)
       << read_file(log);
-  EXPECT_TRUE(procs.wait_gone(b, 10s));
   EXPECT_EQ(read_pid(pidfile), a);
   expect_no_failures(load, dir / "close.txt");
 }
