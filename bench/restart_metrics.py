@@ -20,7 +20,14 @@ server process under start_server) change. What is measured, per kind:
   signal sent to         the pid in the pid file         the master
   old process(es)        that pid                        the master's descendants then
   pid file names new     when the file names a new pid   - (it names the master throughout)
-  first answer, new pid  the probe's first answer with an X-Pid not seen before the signal
+  first answer, new pid  from the signal to the first answer with an X-Pid not seen before
+                         it, seen by a client that sends GET / on a new connection back to
+                         back from the signal on (not the 2 ms probe: that would add up to
+                         2 ms of its own)
+  new process start-up   exec to ready, as the old process logs it ("is ready; handing over
+                         (X ms after its exec)", endless only); the hand-over beyond it is
+                         the first answer minus that. For every contract server also a fresh
+                         start: spawn to the first answer on a free port (median of 5)
   old process gone       the old pid exits               every old descendant exits
   RSS                    old + new + their descendants   master + all its descendants
   CPU of a restart       user+sys, from the signal to the end of the restart, of every process
@@ -28,7 +35,7 @@ server process under start_server) change. What is measured, per kind:
                          a process born during the restart counts from its start
   open fds               the serving process             summed over master + descendants
 """
-import argparse, json, os, signal, socket, subprocess, sys, tempfile, threading, time
+import argparse, json, os, re, signal, socket, subprocess, sys, tempfile, threading, time
 
 TICK = os.sysconf("SC_CLK_TCK")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -282,6 +289,66 @@ class Probe(threading.Thread):
             time.sleep(max(0.0, SAMPLE_S - (time.monotonic() - t)))
 
 
+class FirstNew(threading.Thread):
+    """From its start, GET / on a new connection back to back until an X-Pid not in `seen`
+    answers (15 s at most): the time of that answer, and its pid."""
+
+    def __init__(self, port, seen):
+        super().__init__(daemon=True)
+        self.port, self.seen, self.answer = port, seen, None
+
+    def run(self):
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            try:
+                r = get(self.port, timeout=1.0)
+            except OSError:
+                continue
+            now = time.monotonic()
+            p = x_pid(r) if b" 200 " in r.split(b"\r\n", 1)[0] else None
+            if p is not None and p not in self.seen:
+                self.answer = (now, p)
+                return
+
+
+def fresh_start_ms(binary, port, runs=5):
+    """Spawn to first answer of a fresh `binary --addr 127.0.0.1:port` (median of `runs`):
+    the program's own start-up, for comparison with a hand-over."""
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        pid = os.posix_spawn(binary, [binary, "--addr", f"127.0.0.1:{port}"], os.environ)
+        ok = None
+        while time.monotonic() - t0 < 10:
+            try:
+                if b" 200 " in get(port, timeout=1.0).split(b"\r\n", 1)[0]:
+                    ok = time.monotonic()
+                    break
+            except OSError:
+                pass
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        if ok is None:
+            return None
+        times.append((ok - t0) * 1000)
+    return round(sorted(times)[len(times) // 2], 3)
+
+
+def logged_startups(log_path):
+    """new pid -> exec-to-ready ms, from the old process's "is ready; handing over (X ms after
+    its exec)" lines (endless)."""
+    found = {}
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                m = re.search(r"new process (\d+) is ready; handing over \(([\d.]+) ms after its exec\)", line)
+                if m:
+                    found[m.group(1)] = float(m.group(2))
+    except OSError:
+        pass
+    return found
+
+
 class Sampler(threading.Thread):
     """Every 2 ms: the server's processes (see Server), their VmRSS and CPU ticks."""
 
@@ -355,8 +422,9 @@ def run(a, sig, srv):
         time.sleep(0.5)
         target = srv.target()
         old = srv.serving()
-        seen = {p for _, p in probe.answers}
-        first_idx = len(probe.answers)
+        seen = {p for _, p in probe.answers} | {str(p) for p in old} | {str(target)}
+        first = FirstNew(a.port, seen)
+        first.start()
         t0 = time.monotonic()
         os.kill(target, sig)
         if srv.master:
@@ -366,13 +434,8 @@ def run(a, sig, srv):
                 read_pid(srv.pidfile)), 15)
             file_ms = (time.monotonic() - t0) * 1000 if n else None
 
-        def first_new():
-            for t, p in probe.answers[first_idx:]:
-                if t >= t0 and p is not None and p not in seen:
-                    return (t, p)
-            return None
-
-        answer = wait_for(first_new, 15)
+        first.join()
+        answer = first.answer
         gone = wait_for(lambda: not any(alive(p) for p in old), 70)
         end = time.monotonic()
         time.sleep(0.05)
@@ -406,6 +469,17 @@ def run(a, sig, srv):
         row["cpu_ms"] = ticks * 1000 / TICK
         row["cpu_processes"] = len(last)
 
+    # The new process's own start-up, as the old one logged it (endless), and the hand-over
+    # beyond it.
+    srv.log.flush()
+    startups = logged_startups(srv.log.name)
+    for row in rows:
+        st = startups.get(str(row["first_new_xpid"]))
+        row["startup_ms"] = st
+        row["beyond_startup_ms"] = (round(row["first_new_answer_ms"] - st, 3)
+                                    if st is not None and row["first_new_answer_ms"] is not None
+                                    else None)
+
     fds_after_n = sum(fds(p) for p in measured_now(srv))
     # The remaining restarts, back to back. A signal that starts no restart within 2 s (some
     # servers refuse an upgrade while they still settle after the previous one) is sent again,
@@ -438,6 +512,7 @@ def run(a, sig, srv):
         get(a.port)
     final = measured_now(srv)
     fds_after = sum(fds(p) for p in final)
+    fresh = fresh_start_ms(a.server, a.port + 1) if srv.kind == "contract" else None
 
     name = a.name or (a.server if srv.kind != "contract" else os.path.basename(a.server))
     t_origin = samples[0][0] if samples else 0
@@ -450,6 +525,7 @@ def run(a, sig, srv):
     result = {
         "server": name, "kind": srv.kind, "label": srv.label, "port": a.port,
         "signal": "SIG" + a.signal, "restarts": rows, "steady_rss_kib": steady,
+        "fresh_start_ms": fresh,
         "processes_at_start": procs_before,
         "probe": {"answers": probe.count, "failures": probe.failures,
                   "longest_gap_ms": round(probe.gap * 1000, 3)},
@@ -492,10 +568,14 @@ def report(a, srv, r):
     print()
     f = lambda v: "—" if v is None else f"{v:.1f} ms"
     pids = lambda v: " ".join(str(x) for x in v) or "—"
+    if r["fresh_start_ms"] is not None:
+        print(f"A fresh start of the same binary (spawn to the first answer on a free port, "
+              f"median of 5): {r['fresh_start_ms']:.1f} ms.")
+        print()
     print("| restart | signal sent to | old pid(s) | new pid(s) | pid file names the new pid after "
-          "| first answer from a new pid | old process(es) gone after | peak RSS old+new "
-          "| peak / steady | CPU of the restart |")
-    print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+          "| first answer from a new pid | new process: exec to ready | hand-over beyond it "
+          "| old process(es) gone after | peak RSS old+new | peak / steady | CPU of the restart |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for row in r["restarts"]:
         cpu = row["cpu_ms"]
         cpu = f"{cpu:.0f} ms" if cpu >= 10 else "< 10 ms"  # /proc counts in 10 ms ticks
@@ -503,6 +583,7 @@ def report(a, srv, r):
         file_ms = "— (names the master)" if srv.master else f(row["pid_file_ms"])
         print(f"| {row['restart']} | {row['signalled_pid']} | {pids(row['old_pids'])} | "
               f"{pids(row['new_pids'])} | {file_ms} | {f(row['first_new_answer_ms'])} | "
+              f"{f(row.get('startup_ms'))} | {f(row.get('beyond_startup_ms'))} | "
               f"{f(row['old_gone_ms'])} | {row['peak_rss_kib']} KiB | {ratio:.2f}x | {cpu} |")
     print()
     d = r["fds"]

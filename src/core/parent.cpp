@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 
 #include "endless/core/error.hpp"
 #include "protocol.hpp"
@@ -177,7 +178,8 @@ void upgrader::impl::start_upgrade(const std::string& what,
   upgrade_in_flight u;
   u.child = std::move(child);
   u.channel = std::move(ours);
-  u.deadline = clock::now() + opts.upgrade_timeout;
+  u.started = clock::now();  // spawn() returns once the exec succeeded
+  u.deadline = *u.started + opts.upgrade_timeout;
   u.waiting = std::move(waiting);
   upgrade = std::move(u);
   set_state(state::upgrading);
@@ -300,7 +302,16 @@ void upgrader::impl::on_channel_readable() {
   upgrades++;
   handed_to = child;
   probation_end = {};  // a verdict of an earlier upgrade is not this one's
-  log_pid("new process " + std::to_string(child) + " is ready; handing over.");
+  std::string took;
+  if (upgrade->started) {
+    auto us =
+        std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - *upgrade->started);
+    char ms[32];
+    std::snprintf(ms, sizeof ms, " (%.1f ms after its exec)",
+                  static_cast<double>(us.count()) / 1e3);
+    took = ms;
+  }
+  log_pid("new process " + std::to_string(child) + " is ready; handing over" + took + ".");
   if (on_probation) {
     // Watched for the probation: if it crashes meanwhile, we take the service back.
     auto now = clock::now();

@@ -94,6 +94,9 @@ struct upgrader::impl {
     std::string received;            // bytes read from it so far
     std::vector<std::string> takes;  // listeners named by its 'T' messages
     clock::time_point deadline;
+    // When its exec succeeded (unset for a takeover): the log gives its start-up, exec to
+    // ready, so that a hand-over's own cost can be told from the new program's.
+    std::optional<clock::time_point> started;
     std::vector<std::promise<std::error_code>> waiting;
     bool again = false;  // asked for again meanwhile: 'U' to it once it is ready
     // An SO_REUSEPORT takeover (reuseport.hpp): how our queue is kept, our copies of the TCP

@@ -17,6 +17,7 @@
 #include <charconv>
 #include <cstring>
 
+#include "../io/nocancel.hpp"
 #include "detail.hpp"
 #include "endless/core/address.hpp"
 #include "server_impl.hpp"
@@ -179,7 +180,7 @@ bool start_linger(loop& l, connection& c) {
 void linger_read(loop& l, connection& c) {
   char sink[4096];
   for (int i = 0; i < 64; ++i) {
-    ssize_t n = ::recv(c.fd, sink, sizeof sink, 0);
+    ssize_t n = io::recv(c.fd, sink, sizeof sink, 0);
     if (n > 0) continue;
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
@@ -599,7 +600,7 @@ bool read_and_process(loop& l, connection& c, bool peer_closed) {
 ssize_t conn_recv(connection& c, char* buf, std::size_t len) {
   ssize_t n;
   if (!c.tls) {
-    n = ::recv(c.fd, buf, len, 0);
+    n = io::recv(c.fd, buf, len, 0);
   } else {
     n = io::tls_read(c.tls->ssl, buf, len, c.tls->read_wants_write);
     if (n < 0 && errno != EAGAIN) c.tls->failed = true;
@@ -613,7 +614,7 @@ ssize_t conn_recv(connection& c, char* buf, std::size_t len) {
 ssize_t conn_send(connection& c, const char* buf, std::size_t len) {
   ssize_t n;
   if (!c.tls) {
-    n = ::send(c.fd, buf, len, MSG_NOSIGNAL);
+    n = io::send(c.fd, buf, len, MSG_NOSIGNAL);
   } else {
     bool wants_write = false;
     n = io::tls_write(c.tls->ssl, buf, len, wants_write);

@@ -23,6 +23,22 @@ constexpr std::array<bool, 256> make_tchar() {
 }
 constexpr auto kTchar = make_tchar();
 
+// Host = uri-host [ ":" port ] (RFC 9110 §7.2; RFC 3986 §3.2.2): reg-name, IPv4 or
+// [IP-literal] characters.
+constexpr std::array<bool, 256> make_host_char() {
+  std::array<bool, 256> t{};
+  for (int c = '0'; c <= '9'; ++c)
+    t[c] = true;
+  for (int c = 'a'; c <= 'z'; ++c)
+    t[c] = true;
+  for (int c = 'A'; c <= 'Z'; ++c)
+    t[c] = true;
+  for (char c : std::string_view("-._~%!$&'()*+,;=:[]"))
+    t[static_cast<unsigned char>(c)] = true;
+  return t;
+}
+constexpr auto kHostChar = make_host_char();
+
 bool is_token(std::string_view s) noexcept {
   if (s.empty()) return false;
   for (unsigned char c : s) {
@@ -146,20 +162,31 @@ result parse_head(std::string_view head, request_head& out, const limits& lim,
   int chunked_count = 0;
   bool connection_close = false, connection_keep_alive = false;
   size_t pos = eol + 2;
-  while (pos < head.size()) {
-    size_t end = head.find("\r\n", pos);
-    if (end == pos) break;  // the empty line
-    std::string_view field = head.substr(pos, end - pos);
-    pos = end + 2;
-    if (field[0] == ' ' || field[0] == '\t') return fail(err, 400, "obs-fold in header");
-    size_t colon = field.find(':');
-    if (colon == std::string_view::npos) return fail(err, 400, "header without colon");
-    std::string_view name = field.substr(0, colon);
-    if (!is_token(name)) return fail(err, 400, "invalid header name");
-    std::string_view value = trim_ows(field.substr(colon + 1));
-    for (unsigned char c : value) {
-      if (!is_field_char(c)) return fail(err, 400, "invalid character in header value");
+  const char* d = head.data();
+  const size_t size = head.size();
+  auto at = [d](size_t i) { return static_cast<unsigned char>(d[i]); };
+  while (pos < size) {
+    if (d[pos] == '\r' && pos + 1 < size && d[pos + 1] == '\n') break;  // the empty line
+    if (d[pos] == ' ' || d[pos] == '\t') return fail(err, 400, "obs-fold in header");
+    // One pass over the line: the name's tchars up to ':', then field characters up to CRLF.
+    size_t colon = pos;
+    while (colon < size && kTchar[at(colon)])
+      ++colon;
+    if (colon == pos || colon == size || d[colon] != ':') {
+      std::string_view field = head.substr(pos, head.find("\r\n", pos) - pos);
+      return fail(err, 400,
+                  field.find(':') == std::string_view::npos ? "header without colon"
+                                                            : "invalid header name");
     }
+    size_t end = colon + 1;
+    while (end < size && is_field_char(at(end)))
+      ++end;
+    if (end + 1 >= size || d[end] != '\r' || d[end + 1] != '\n') {
+      return fail(err, 400, "invalid character in header value");
+    }
+    std::string_view name(d + pos, colon - pos);
+    std::string_view value = trim_ows(head.substr(colon + 1, end - colon - 1));
+    pos = end + 2;
     if (out.headers.size() >= lim.max_headers) return fail(err, 431, "too many header fields");
     out.headers.push_back({name, value});
 
@@ -210,13 +237,9 @@ result parse_head(std::string_view head, request_head& out, const limits& lim,
       });
     } else if (kind == special::host) {
       ++hosts;
-      // Host = uri-host [ ":" port ] (RFC 9110 §7.2): reg-name, IPv4 or [IP-literal]
-      // characters only; an invalid one gets 400 (RFC 9112 §3.2).
+      // Host characters only; an invalid one gets 400 (RFC 9112 §3.2).
       for (unsigned char h : value) {
-        bool ok = (h >= 'a' && h <= 'z') || (h >= 'A' && h <= 'Z') || (h >= '0' && h <= '9') ||
-                  std::string_view("-._~%!$&'()*+,;=:[]").find(static_cast<char>(h)) !=
-                      std::string_view::npos;
-        if (!ok) return fail(err, 400, "invalid Host");
+        if (!kHostChar[h]) return fail(err, 400, "invalid Host");
       }
     } else if (kind == special::connection) {
       for_each_element(value, [&](std::string_view opt) {

@@ -9,12 +9,6 @@ namespace {
 
 std::atomic<std::uint64_t> g_next_id{1};
 
-struct thread_slot {
-  std::uint64_t owner = 0;  // server_metrics::id_
-  metric_block* block = nullptr;
-};
-thread_local thread_slot t_slot;
-
 // Prometheus label values: backslash, double quote and newline escaped (format 0.0.4).
 std::string escape_label(std::string_view v) {
   std::string out;
@@ -82,24 +76,23 @@ std::uint64_t metrics_snapshot::requests_total() const noexcept {
 
 server_metrics::server_metrics() : id_(g_next_id.fetch_add(1)) {}
 
-metric_block& server_metrics::thread_block() {
-  if (t_slot.owner == id_) return *t_slot.block;
+metric_block& server_metrics::claim_thread_block() {
   std::lock_guard lock(mu_);
   if (!free_.empty()) {
-    t_slot = {id_, free_.back()};
+    t_metric_slot = {id_, free_.back()};
     free_.pop_back();
   } else {
     blocks_.push_back(std::make_unique<metric_block>());
-    t_slot = {id_, blocks_.back().get()};
+    t_metric_slot = {id_, blocks_.back().get()};
   }
-  return *t_slot.block;
+  return *t_metric_slot.block;
 }
 
 void server_metrics::release_thread_block() noexcept {
-  if (t_slot.owner != id_) return;
+  if (t_metric_slot.owner != id_) return;
   std::lock_guard lock(mu_);
-  free_.push_back(t_slot.block);
-  t_slot = {};
+  free_.push_back(t_metric_slot.block);
+  t_metric_slot = {};
 }
 
 void server_metrics::count_request(std::string_view method, int status,

@@ -53,11 +53,23 @@ struct metric_block {
 
 std::size_t method_index(std::string_view method) noexcept;
 
+// The block this thread counts into, and for which server (server_metrics::id_). Inline so
+// that the serving path's several counts per request cost a compare each, not a call.
+struct metric_thread_slot {
+  std::uint64_t owner = 0;
+  metric_block* block = nullptr;
+};
+inline thread_local metric_thread_slot t_metric_slot;
+
 class server_metrics {
  public:
   server_metrics();
   // This thread's block (taken from the free list or created on first use).
-  metric_block& thread_block();
+  metric_block& thread_block() {
+    if (t_metric_slot.owner == id_) [[likely]]
+      return *t_metric_slot.block;
+    return claim_thread_block();
+  }
   // A serving thread is about to exit: its block goes back to the free list (its counts stay
   // in the sums; the next thread carries on counting into it).
   void release_thread_block() noexcept;
@@ -72,6 +84,8 @@ class server_metrics {
   std::vector<std::pair<std::string, std::uint64_t>> carry(const std::string& prefix) const;
 
  private:
+  metric_block& claim_thread_block();
+
   const std::uint64_t id_;  // tells this server's blocks from another's in thread_local
   mutable std::mutex mu_;
   std::vector<std::unique_ptr<metric_block>> blocks_;

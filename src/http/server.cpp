@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../io/nocancel.hpp"
 #include "../io/thread.hpp"
 #include "detail.hpp"
 #include "endless/core/address.hpp"
@@ -320,7 +321,10 @@ void register_listener(loop& l) {
 }
 
 void accept_batch(loop& l) {
-  for (int i = 0; i < 64 && l.accepting; ++i) {
+  // A drain stops accepting at once, not after this batch: the task that takes the listener
+  // out of the epoll set waits behind up to 64 connections served here (several ms of a
+  // hand-over when clients keep connecting), while the new process is ready to take them.
+  for (int i = 0; i < 64 && l.accepting && !l.srv->draining.load(std::memory_order_relaxed); ++i) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     int fd = ::accept4(l.listener.get(), reinterpret_cast<sockaddr*>(&ss), &len,
@@ -489,7 +493,7 @@ void run_loop(loop& l, std::uint64_t generation) {
             ? 1000
             : static_cast<int>(std::clamp<std::int64_t>(deadline - coarse_now_ms() + 1, 0, 1000));
     l.sweep();  // the batch is done: nothing in it points to a closed connection any more
-    int n = ::epoll_wait(l.epoll.get(), l.events, 256, timeout);
+    int n = io::epoll_wait(l.epoll.get(), l.events, 256, timeout);
     l.now_ms = coarse_now_ms();
     l.event_count = n > 0 ? n : 0;
     l.next_event.store(0, std::memory_order_relaxed);

@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstdint>
 
+#include "nocancel.hpp"
+
 namespace endless::io {
 namespace {
 
@@ -22,7 +24,7 @@ int bio_write(BIO* b, const char* data, int len) {
   BIO_clear_retry_flags(b);
   ssize_t n;
   do {
-    n = ::send(fd, data, static_cast<std::size_t>(len), MSG_NOSIGNAL);
+    n = io::send(fd, data, static_cast<std::size_t>(len), MSG_NOSIGNAL);
   } while (n < 0 && errno == EINTR);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) BIO_set_retry_write(b);
   return static_cast<int>(n);
@@ -33,7 +35,7 @@ int bio_read(BIO* b, char* data, int len) {
   BIO_clear_retry_flags(b);
   ssize_t n;
   do {
-    n = ::recv(fd, data, static_cast<std::size_t>(len), 0);
+    n = io::recv(fd, data, static_cast<std::size_t>(len), 0);
   } while (n < 0 && errno == EINTR);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) BIO_set_retry_read(b);
   return static_cast<int>(n);
