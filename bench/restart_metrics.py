@@ -303,6 +303,7 @@ class FirstNew(threading.Thread):
             try:
                 r = get(self.port, timeout=1.0)
             except OSError:
+                time.sleep(0.0002)  # no busy loop against a refusing port
                 continue
             now = time.monotonic()
             p = x_pid(r) if b" 200 " in r.split(b"\r\n", 1)[0] else None
@@ -321,11 +322,12 @@ def fresh_start_ms(binary, port, runs=5):
         ok = None
         while time.monotonic() - t0 < 10:
             try:
-                if b" 200 " in get(port, timeout=1.0).split(b"\r\n", 1)[0]:
+                # that binary's answer, not a stranger's on the port
+                if x_pid(get(port, timeout=1.0)) == str(pid):
                     ok = time.monotonic()
                     break
             except OSError:
-                pass
+                time.sleep(0.0001)
         os.kill(pid, signal.SIGTERM)
         os.waitpid(pid, 0)
         if ok is None:

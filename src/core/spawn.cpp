@@ -16,6 +16,7 @@
 
 #include "endless/core/error.hpp"
 #include "protocol.hpp"
+#include "sanitizers.hpp"
 #include "startup.hpp"
 
 extern char** environ;
@@ -121,7 +122,9 @@ struct child_plan {
   ::execve(p.exe, p.argv, p.envp);
 fail:
   int e = errno;
-  (void)!::write(p.err_write, &e, sizeof e);
+  // syscall(2), not write(2): glibc's write is a cancellation point and would mark the
+  // parent thread's control block, which this child shares.
+  (void)::syscall(SYS_write, p.err_write, &e, sizeof e);
   ::_exit(127);
 }
 
@@ -130,7 +133,7 @@ fail:
 // fork() of a serving process with threads and a warm heap took 0.7-0.9 ms here, a third of
 // a hand-over beyond the new program's own start-up. Under a sanitizer a plain fork(): its
 // runtime does not expect a second task in the same address space.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(ENDLESS_SANITIZED)
 constexpr const char* kStartCall = "fork";
 
 pid_t start_child(const child_plan& plan) {

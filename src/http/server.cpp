@@ -321,10 +321,17 @@ void register_listener(loop& l) {
 }
 
 void accept_batch(loop& l) {
-  // A drain stops accepting at once, not after this batch: the task that takes the listener
-  // out of the epoll set waits behind up to 64 connections served here (several ms of a
-  // hand-over when clients keep connecting), while the new process is ready to take them.
-  for (int i = 0; i < 64 && l.accepting && !l.srv->draining.load(std::memory_order_relaxed); ++i) {
+  // A drain has begun: leave the listener now, not once the drain's task has waited behind
+  // this batch and the next, so that the connections that arrive from here on wake the new
+  // process. What is queued already (its wake-up may have come to us) is still taken here.
+  if (!l.accepting) return;
+  const bool draining = l.srv->draining.load(std::memory_order_relaxed);
+  if (draining) {
+    ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, l.listener.get(), nullptr);
+    l.accepting = false;
+    l.accept_paused_until = 0;
+  }
+  for (int i = 0; i < 64 && (draining || l.accepting); ++i) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     int fd = ::accept4(l.listener.get(), reinterpret_cast<sockaddr*>(&ss), &len,
@@ -340,6 +347,7 @@ void accept_batch(loop& l) {
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) return;
     if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+    if (draining) return;  // out of the epoll set already; the drain's task does the rest
     if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
       // Out of fds: stop accepting for a moment instead of spinning on a readable listener.
       // The queue keeps the connections; we take them once fds are free again.

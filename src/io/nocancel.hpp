@@ -20,18 +20,12 @@
 
 #include <cstddef>
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define ENDLESS_IO_USE_LIBC 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define ENDLESS_IO_USE_LIBC 1
-#endif
-#endif
+#include "../core/sanitizers.hpp"
 
 namespace endless::io {
 
 inline ssize_t recv(int fd, void* buf, std::size_t len, int flags) noexcept {
-#if defined(ENDLESS_IO_USE_LIBC) || !defined(SYS_recvfrom)
+#if defined(ENDLESS_SANITIZED) || !defined(SYS_recvfrom)
   return ::recv(fd, buf, len, flags);
 #else
   return ::syscall(SYS_recvfrom, fd, buf, len, flags, nullptr, nullptr);
@@ -39,7 +33,7 @@ inline ssize_t recv(int fd, void* buf, std::size_t len, int flags) noexcept {
 }
 
 inline ssize_t send(int fd, const void* buf, std::size_t len, int flags) noexcept {
-#if defined(ENDLESS_IO_USE_LIBC) || !defined(SYS_sendto)
+#if defined(ENDLESS_SANITIZED) || !defined(SYS_sendto)
   return ::send(fd, buf, len, flags);
 #else
   return ::syscall(SYS_sendto, fd, buf, len, flags, nullptr, 0);
@@ -47,7 +41,7 @@ inline ssize_t send(int fd, const void* buf, std::size_t len, int flags) noexcep
 }
 
 inline int epoll_wait(int epfd, epoll_event* events, int max, int timeout_ms) noexcept {
-#if defined(ENDLESS_IO_USE_LIBC) || !defined(SYS_epoll_wait)
+#if defined(ENDLESS_SANITIZED) || !defined(SYS_epoll_wait)
   return ::epoll_wait(epfd, events, max, timeout_ms);
 #else
   return static_cast<int>(::syscall(SYS_epoll_wait, epfd, events, max, timeout_ms));
