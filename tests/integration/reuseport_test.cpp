@@ -96,8 +96,9 @@ class reuseport_test : public core_fixture {
   // 5 swaps while 1,000 Connection: close and 1,000 keep-alive clients that never retry run.
   void five_swaps_under_load(const std::string& mode, const std::string& mechanism, bool reuse) {
     pid_t pid = start_serving(reuse);
-    pid_t closing = start_load(port, "close", 1000, 35, dir / "close.txt");
-    pid_t keeping = start_load(port, "keepalive", 1000, 35, dir / "keepalive.txt");
+    // Long enough for five swaps on a loaded machine; stopped a second after the last.
+    pid_t closing = start_load(port, "close", 1000, 90, dir / "close.txt");
+    pid_t keeping = start_load(port, "keepalive", 1000, 90, dir / "keepalive.txt");
     std::this_thread::sleep_for(2s);
     for (int i = 0; i < 5; ++i) {
       pid = take_over(pid, mode, mechanism);
@@ -105,6 +106,8 @@ class reuseport_test : public core_fixture {
     }
     ASSERT_FALSE(procs.gone(closing)) << "the load ended before the last swap";
     ASSERT_FALSE(procs.gone(keeping)) << "the load ended before the last swap";
+    stop_load(closing);
+    stop_load(keeping);
     expect_no_failures(closing, dir / "close.txt");
     expect_no_failures(keeping, dir / "keepalive.txt");
   }

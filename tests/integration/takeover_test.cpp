@@ -63,14 +63,18 @@ TEST_F(takeover_test, an_independent_process_takes_the_listeners_and_the_old_one
 TEST_F(takeover_test, five_takeovers_under_load_lose_nothing) {
   ENDLESS_PLAIN_BUILD_ONLY();
   pid_t pid = start({"--addr", "127.0.0.1:0", "--probation-ms", "0"}, {}, HTTP_HELPER_PATH);
-  pid_t closing = start_load(port, "close", 1000, 20, dir / "close.txt");
-  pid_t keeping = start_load(port, "keepalive", 1000, 20, dir / "keepalive.txt");
+  // Long enough for five takeovers on a loaded machine; stopped 2 s after the last.
+  pid_t closing = start_load(port, "close", 1000, 90, dir / "close.txt");
+  pid_t keeping = start_load(port, "keepalive", 1000, 90, dir / "keepalive.txt");
   std::this_thread::sleep_for(1s);
   for (int i = 0; i < 5; ++i)
     pid = take_over(pid, {"--addr", "127.0.0.1:0", "--probation-ms", "0"}, HTTP_HELPER_PATH);
   // Every takeover happened under load.
   ASSERT_FALSE(procs.gone(closing)) << "the load ended before the last takeover";
   ASSERT_FALSE(procs.gone(keeping)) << "the load ended before the last takeover";
+  std::this_thread::sleep_for(2s);  // the last one's drain, still under load
+  stop_load(closing);
+  stop_load(keeping);
   expect_no_failures(closing, dir / "close.txt");
   expect_no_failures(keeping, dir / "keepalive.txt");
 }
