@@ -181,13 +181,17 @@ std::string to_string(const sockaddr* sa, socklen_t len) {
     case AF_INET6: {
       auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
       ::inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof buf);
-      return "[" + std::string(buf) + "]:" + std::to_string(ntohs(in6->sin6_port));
+      // Appended piecewise: "[" + std::string(...) makes GCC 12 at -O3 warn (-Wrestrict,
+      // a false positive in its inlined string insert).
+      std::string out = "[";
+      out.append(buf).append("]:").append(std::to_string(ntohs(in6->sin6_port)));
+      return out;
     }
     case AF_UNIX: {
       auto* un = reinterpret_cast<const sockaddr_un*>(sa);
       size_t n = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
       if (n == 0) return "@";  // unnamed
-      if (un->sun_path[0] == '\0') return "@" + std::string(un->sun_path + 1, n - 1);
+      if (un->sun_path[0] == '\0') return std::string("@").append(un->sun_path + 1, n - 1);
       return std::string(un->sun_path, ::strnlen(un->sun_path, n));
     }
     default:

@@ -211,7 +211,7 @@ unique_fd registry::listen(std::string_view network, std::string_view address, s
     // Each listen() on port 0 is a socket of its own ("any port" twice is two ports). The
     // new process makes the same calls in the same order, so "#N" names match up again.
     int nth = ++impl_->any_port_calls[ep.name];
-    if (nth > 1) ep.name += "#" + std::to_string(nth);
+    if (nth > 1) ep.name.append("#").append(std::to_string(nth));
   }
   entry* e = impl_->find_locked(ep.name);
   if (!e && !ep.any_port) {

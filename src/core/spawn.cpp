@@ -241,7 +241,8 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
   std::string names;
   std::string owned;
   for (const auto& fd : req.fds) {
-    names += (names.empty() ? "" : ":") + encode_fd_name(fd.name);
+    if (!names.empty()) names += ':';
+    names += encode_fd_name(fd.name);
     owned += fd.owns_path ? '1' : '0';
   }
   vars.push_back(std::string(protocol::kListenFds) + "=" + std::to_string(n));
@@ -257,8 +258,9 @@ std::error_code spawn(const spawn_request& req, spawned& out, std::string& why) 
     std::string list;
     for (int i = 0; i < elders_count; ++i) {
       const auto& e = req.elders[static_cast<std::size_t>(i)];
-      list += (i ? "," : "") + std::to_string(e.generation) + "/" + std::to_string(e.pid) + "/" +
-              std::to_string(elders_target + i);
+      if (i) list += ',';
+      list.append(std::to_string(e.generation)).append("/").append(std::to_string(e.pid));
+      list.append("/").append(std::to_string(elders_target + i));
     }
     vars.push_back(std::string(protocol::kElders) + "=" + list);
   }
