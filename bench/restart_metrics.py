@@ -314,11 +314,14 @@ class FirstNew(threading.Thread):
 
 def fresh_start_ms(binary, port, runs=5):
     """Spawn to first answer of a fresh `binary --addr 127.0.0.1:port` (median of `runs`):
-    the program's own start-up, for comparison with a hand-over."""
+    the program's own start-up, for comparison with a hand-over. Only an answer carrying the
+    spawned pid counts (a stranger on the port is not measured); None if one never came."""
     times = []
     for _ in range(runs):
         t0 = time.monotonic()
-        pid = os.posix_spawn(binary, [binary, "--addr", f"127.0.0.1:{port}"], os.environ)
+        quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
+        pid = os.posix_spawn(binary, [binary, "--addr", f"127.0.0.1:{port}"], os.environ,
+                             file_actions=quiet)
         ok = None
         while time.monotonic() - t0 < 10:
             try:

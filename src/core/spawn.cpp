@@ -76,7 +76,8 @@ std::string describe(const siginfo_t& si) {
 constexpr auto kWaitPidfd = static_cast<idtype_t>(3);  // P_PIDFD (Linux 5.4)
 
 // What the child does between its creation and exec: async-signal-safe calls only, and no
-// write to memory but its own stack and the two pid slots (it may share our memory).
+// write to memory but its own stack, the two pid slots and (through libc) the calling
+// thread's errno (it may share our memory; errno is read right after, before anything else).
 struct child_plan {
   const char* exe = nullptr;
   char** argv = nullptr;
@@ -150,23 +151,31 @@ pid_t start_child(const child_plan& plan) {
 #else
 constexpr const char* kStartCall = "clone";
 constexpr std::size_t kChildStack = 64 * 1024;
+constexpr std::size_t kGuard = 4096;  // below the stack: an overflow faults, never writes ours
 
 int child_entry(void* plan) {
   run_child(*static_cast<const child_plan*>(plan));
 }
 
 pid_t start_child(const child_plan& plan) {
-  void* stack = ::mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) return -1;
+  void* area = ::mmap(nullptr, kGuard + kChildStack, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (area == MAP_FAILED) return -1;
+  if (::mprotect(area, kGuard, PROT_NONE) != 0) {
+    int e = errno;
+    ::munmap(area, kGuard + kChildStack);
+    errno = e;
+    return -1;
+  }
+  char* stack = static_cast<char*>(area) + kGuard;
   sigset_t all, old;
   ::sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  pid_t pid = ::clone(child_entry, static_cast<char*>(stack) + kChildStack,
-                      CLONE_VM | CLONE_VFORK | SIGCHLD, const_cast<child_plan*>(&plan));
+  pid_t pid = ::clone(child_entry, stack + kChildStack, CLONE_VM | CLONE_VFORK | SIGCHLD,
+                      const_cast<child_plan*>(&plan));
   int e = errno;
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  ::munmap(stack, kChildStack);
+  ::munmap(area, kGuard + kChildStack);
   errno = e;
   return pid;
 }

@@ -963,11 +963,7 @@ void begin_loop_drain(loop& l) {
 
   // Step 1: stop accepting. Never shutdown() the listener: the new process shares it. Our
   // copy stays open (closed with the server) for a rollback to accept on again.
-  if (l.listener && l.accepting) {
-    ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, l.listener.get(), nullptr);
-  }
-  l.accepting = false;
-  l.accept_paused_until = 0;
+  leave_listener(l);
   // Step 2: idle connections close once they stayed idle through drain_grace (from now);
   // busy ones end with their next response (Connection: close, set in dispatch).
   timer_list& idle = list_of(l, timer_kind::idle);

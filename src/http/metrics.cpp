@@ -1,7 +1,6 @@
 #include "metrics.hpp"
 
 #include <algorithm>
-#include <cstdio>
 
 namespace endless::http {
 namespace {
@@ -25,29 +24,32 @@ std::string escape_label(std::string_view v) {
   return out;
 }
 
-// Seconds to the nanosecond, without trailing zeros ("0.00025", "12.5", "3"). Not
-// std::to_chars(double): libstdc++'s needs libm (fegetround), which a build with the static
-// runtime would load for nothing but that (0.35 MiB of resident text; bench/README.md).
+// Seconds to the nanosecond, without trailing zeros ("0.00025", "12.5", "3"), in integers:
+// neither printf (it follows LC_NUMERIC, and "0,5" is no Prometheus sample) nor
+// std::to_chars(double) (libstdc++'s needs libm's fegetround, which a build with the static
+// runtime would load for that alone: 0.35 MiB of resident text).
 std::string number(double v) {
-  char buf[64];
-  int n = std::snprintf(buf, sizeof buf, "%.9f", v);
-  if (n <= 0 || static_cast<std::size_t>(n) >= sizeof buf) {
-    std::snprintf(buf, sizeof buf, "%g", v);  // beyond 10^50 s: no count of ours gets there
-    return buf;
+  if (v != v) return "NaN";
+  if (v < 0) return std::string("-").append(number(-v));
+  if (v >= 1.8e10) {  // beyond 570 years of seconds: whole seconds, then +Inf
+    return v < 1.8e19 ? std::to_string(static_cast<std::uint64_t>(v)) : "+Inf";
   }
-  std::string_view s(buf, static_cast<std::size_t>(n));
-  if (s.find('.') != std::string_view::npos) {
-    while (s.back() == '0')
-      s.remove_suffix(1);
-    if (s.back() == '.') s.remove_suffix(1);
+  constexpr std::uint64_t kPerSecond = 1'000'000'000;
+  auto ns = static_cast<std::uint64_t>(v * 1e9 + 0.5);
+  std::string out = std::to_string(ns / kPerSecond);
+  std::uint64_t frac = ns % kPerSecond;
+  if (frac != 0) {
+    char digits[9];
+    for (int i = 8; i >= 0; --i) {
+      digits[i] = static_cast<char>('0' + frac % 10);
+      frac /= 10;
+    }
+    std::size_t n = 9;
+    while (digits[n - 1] == '0')
+      --n;
+    out.append(".").append(digits, n);
   }
-  return std::string(s);
-}
-
-std::string bound(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", v);
-  return buf;
+  return out;
 }
 
 struct writer {
@@ -241,7 +243,7 @@ std::string render_prometheus(const metrics_snapshot& m) {
   std::uint64_t cumulative = 0;
   for (std::size_t k = 0; k < kBucketCount; ++k) {
     cumulative += m.duration_buckets[k];
-    std::string le = k < std::size(kDurationBounds) ? bound(kDurationBounds[k]) : "+Inf";
+    std::string le = k < std::size(kDurationBounds) ? number(kDurationBounds[k]) : "+Inf";
     w.sample("endless_http_request_duration_seconds_bucket", "le=\"" + le + "\"", cumulative);
   }
   w.sample("endless_http_request_duration_seconds_sum", "", number(m.duration_seconds_sum));

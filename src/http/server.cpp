@@ -320,17 +320,25 @@ void register_listener(loop& l) {
   if (::epoll_ctl(l.epoll.get(), EPOLL_CTL_ADD, l.listener.get(), &ev) == 0) l.accepting = true;
 }
 
+}  // namespace
+
+void leave_listener(loop& l) {
+  if (l.listener && l.accepting) {
+    ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, l.listener.get(), nullptr);
+  }
+  l.accepting = false;
+  l.accept_paused_until = 0;
+}
+
+namespace {
+
 void accept_batch(loop& l) {
   // A drain has begun: leave the listener now, not once the drain's task has waited behind
   // this batch and the next, so that the connections that arrive from here on wake the new
   // process. What is queued already (its wake-up may have come to us) is still taken here.
   if (!l.accepting) return;
   const bool draining = l.srv->draining.load(std::memory_order_relaxed);
-  if (draining) {
-    ::epoll_ctl(l.epoll.get(), EPOLL_CTL_DEL, l.listener.get(), nullptr);
-    l.accepting = false;
-    l.accept_paused_until = 0;
-  }
+  if (draining) leave_listener(l);
   for (int i = 0; i < 64 && (draining || l.accepting); ++i) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
@@ -347,7 +355,9 @@ void accept_batch(loop& l) {
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) return;
     if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
-    if (draining) return;  // out of the epoll set already; the drain's task does the rest
+    // Out of the epoll set already: what is left in the queue goes to the new process (a
+    // shared socket) or to the core's retiring listener (SO_REUSEPORT), not to us.
+    if (draining) return;
     if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
       // Out of fds: stop accepting for a moment instead of spinning on a readable listener.
       // The queue keeps the connections; we take them once fds are free again.

@@ -247,6 +247,9 @@ bool on_io(loop& l, connection& c, std::uint32_t events);
 void on_resume(loop& l, connection& c);
 void expire_timers(loop& l);
 void begin_loop_drain(loop& l);
+// server.cpp: takes the listener out of this loop's epoll set. The socket stays open: the
+// new process shares it, and a rollback accepts on it again.
+void leave_listener(loop& l);
 void end_loop_drain(loop& l);               // a rollback: accept again
 std::int64_t next_deadline(const loop& l);  // -1: none
 void close_connection(loop& l, connection& c);

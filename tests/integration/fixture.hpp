@@ -96,13 +96,13 @@ class core_fixture : public ::testing::Test {
     return procs.start(s);
   }
 
-  // Waits for a start_load() to end and checks that it exited 0 with no failed request.
   // Ends a load early, as its duration would: loadgen stops sending on SIGINT, waits for
   // what is in flight and reports (exit status 0 when nothing failed).
   void stop_load(pid_t load) {
     ::kill(load, SIGINT);
   }
 
+  // Waits for a start_load() to end and checks that it exited 0 with no failed request.
   void expect_no_failures(pid_t load, const std::string& out) {
     int status = -1;
     ASSERT_TRUE(procs.wait_gone(load, 90s, &status)) << read_file(out);

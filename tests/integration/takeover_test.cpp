@@ -72,7 +72,7 @@ TEST_F(takeover_test, five_takeovers_under_load_lose_nothing) {
   // Every takeover happened under load.
   ASSERT_FALSE(procs.gone(closing)) << "the load ended before the last takeover";
   ASSERT_FALSE(procs.gone(keeping)) << "the load ended before the last takeover";
-  std::this_thread::sleep_for(2s);  // the last one's drain, still under load
+  std::this_thread::sleep_for(2s);  // the last new process serves on, under load
   stop_load(closing);
   stop_load(keeping);
   expect_no_failures(closing, dir / "close.txt");

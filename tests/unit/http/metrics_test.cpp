@@ -32,6 +32,17 @@ TEST(MetricsPage, SecondsHaveNoTrailingZerosAndKeepNanoseconds) {
   EXPECT_TRUE(has_line(page, "endless_last_drain_seconds 0.3")) << page;
 }
 
+TEST(MetricsPage, SecondsAtTheEdges) {
+  metrics_snapshot m;
+  m.duration_seconds_sum = 1e-12;  // below a nanosecond
+  m.drain_seconds_sum = 2e19;      // beyond any count of ours
+  m.last_drain_seconds = 86400.5;
+  std::string page = render_prometheus(m);
+  EXPECT_TRUE(has_line(page, "endless_http_request_duration_seconds_sum 0")) << page;
+  EXPECT_TRUE(has_line(page, "endless_drain_seconds_total +Inf")) << page;
+  EXPECT_TRUE(has_line(page, "endless_last_drain_seconds 86400.5")) << page;
+}
+
 TEST(MetricsPage, HistogramBoundsAndInf) {
   metrics_snapshot m;
   m.duration_buckets[0] = 2;
