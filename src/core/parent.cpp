@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 
 #include "endless/core/error.hpp"
 #include "protocol.hpp"
@@ -306,10 +305,10 @@ void upgrader::impl::on_channel_readable() {
   if (upgrade->started) {
     auto us =
         std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - *upgrade->started);
-    char ms[32];
-    std::snprintf(ms, sizeof ms, " (%.1f ms after its exec)",
-                  static_cast<double>(us.count()) / 1e3);
-    took = ms;
+    // Tenths of a millisecond in integers: printf would follow the application's LC_NUMERIC.
+    auto tenths = (us.count() + 50) / 100;
+    took.append(" (").append(std::to_string(tenths / 10)).append(".");
+    took.append(std::to_string(tenths % 10)).append(" ms after its exec)");
   }
   log_pid("new process " + std::to_string(child) + " is ready; handing over" + took + ".");
   if (on_probation) {

@@ -7,9 +7,8 @@
 namespace endless::http::h1 {
 namespace {
 
-// RFC 9110 §5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
-// "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
-constexpr std::array<bool, 256> make_tchar() {
+// A table of DIGIT / ALPHA and the characters in `extra`.
+constexpr std::array<bool, 256> alnum_and(std::string_view extra) {
   std::array<bool, 256> t{};
   for (int c = '0'; c <= '9'; ++c)
     t[c] = true;
@@ -17,27 +16,18 @@ constexpr std::array<bool, 256> make_tchar() {
     t[c] = true;
   for (int c = 'A'; c <= 'Z'; ++c)
     t[c] = true;
-  for (char c : std::string_view("!#$%&'*+-.^_`|~"))
+  for (char c : extra)
     t[static_cast<unsigned char>(c)] = true;
   return t;
 }
-constexpr auto kTchar = make_tchar();
+
+// RFC 9110 §5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
+// "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
+constexpr auto kTchar = alnum_and("!#$%&'*+-.^_`|~");
 
 // Host = uri-host [ ":" port ] (RFC 9110 §7.2; RFC 3986 §3.2.2): reg-name, IPv4 or
 // [IP-literal] characters.
-constexpr std::array<bool, 256> make_host_char() {
-  std::array<bool, 256> t{};
-  for (int c = '0'; c <= '9'; ++c)
-    t[c] = true;
-  for (int c = 'a'; c <= 'z'; ++c)
-    t[c] = true;
-  for (int c = 'A'; c <= 'Z'; ++c)
-    t[c] = true;
-  for (char c : std::string_view("-._~%!$&'()*+,;=:[]"))
-    t[static_cast<unsigned char>(c)] = true;
-  return t;
-}
-constexpr auto kHostChar = make_host_char();
+constexpr auto kHostChar = alnum_and("-._~%!$&'()*+,;=:[]");
 
 bool is_token(std::string_view s) noexcept {
   if (s.empty()) return false;
