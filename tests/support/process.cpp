@@ -341,6 +341,34 @@ pid_t logged_process(const std::string& log, const std::string& text) {
   return at == std::string::npos ? -1 : std::atoi(lines[0].c_str() + at + 8);
 }
 
+std::string describe_process(pid_t pid) {
+  namespace fs = std::filesystem;
+  const fs::path proc = "/proc/" + std::to_string(pid);
+  std::string status = read_file(proc / "status");
+  if (status.empty()) return "\nprocess " + std::to_string(pid) + " is gone\n";
+  auto fields = [](const std::string& text, std::initializer_list<const char*> keys) {
+    std::string out;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+      for (const char* k : keys) {
+        if (line.rfind(k, 0) == 0) out += "  " + line;
+      }
+    }
+    return out;
+  };
+  std::string out = "\nprocess " + std::to_string(pid) + ":" +
+                    fields(status, {"State:", "ShdPnd:", "SigIgn:", "SigCgt:"}) + "\n";
+  std::error_code ec;
+  for (const auto& task : fs::directory_iterator(proc / "task", ec)) {
+    std::string comm = read_file(task.path() / "comm");
+    if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+    out += " thread " + task.path().filename().string() + " (" + comm + ")" +
+           fields(read_file(task.path() / "status"), {"State:", "SigPnd:", "SigBlk:"}) +
+           "  wchan: " + read_file(task.path() / "wchan") + "\n" + read_file(task.path() / "stack");
+  }
+  return out;
+}
+
 int count_lines(const std::string& log, const std::string& text) {
   return static_cast<int>(lines_with(log, text).size());
 }

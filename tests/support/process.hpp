@@ -107,6 +107,10 @@ struct raw_result {
 };
 raw_result raw_exchange(int port, std::string_view bytes, int timeout_ms = 5000);
 
+// What a process is doing, for a failure message: whether it is alive, and for each thread
+// its name, state, kernel wait channel and stack, and its pending and blocked signals.
+std::string describe_process(pid_t pid);
+
 // Runs a shell command; returns its stdout (stderr goes to the test's stderr).
 std::string run_command(const std::string& cmd);
 // How many lines of `log` contain `text`.
