@@ -391,7 +391,15 @@ bool process(loop& l, connection& c, std::string_view data, std::size_t& consume
       l.srv->state_changed(c, conn_state::active);
     }
     h1::error err;
-    if (c.head_length == 0) {
+    bool parsed = false;
+    if (c.head_length == 0 && c.scan == 0 &&
+        h1::parse_whole_head(rest, s.head, lim) == h1::result::done) {
+      // The head came whole (nearly always): checked and parsed in one pass. (Tried once per
+      // request: find_head_end moves c.scan on, so a head that trickles in is not parsed
+      // over and over.)
+      c.head_length = s.head.length;
+      parsed = true;
+    } else if (c.head_length == 0) {
       auto r = h1::find_head_end(rest, c.scan, c.head_length, lim, err);
       if (r == h1::result::incomplete) {
         // Armed once per request, at its first partial head: more bytes never extend it.
@@ -404,7 +412,8 @@ bool process(loop& l, connection& c, std::string_view data, std::size_t& consume
         break;
       }
     }
-    if (h1::parse_head(rest.substr(0, c.head_length), s.head, lim, err) != h1::result::done) {
+    if (!parsed &&
+        h1::parse_head(rest.substr(0, c.head_length), s.head, lim, err) != h1::result::done) {
       error_response(l, c, out, err);
       pos = data.size();
       break;
@@ -498,7 +507,7 @@ bool is_preface_start(std::string_view data) {
 
 // Serves the complete requests already in c.in (held back while output was queued, or left
 // by a handed-off thread). Returns false when this thread lost the loop.
-bool serve_buffered(loop& l, connection& c) {
+[[gnu::noinline]] bool serve_held(loop& l, connection& c) {
   scratch& s = tls();
   for (int round = 0; round < 64; ++round) {
     if (c.in.empty() || c.read_blocked || c.closing || c.stage == connection::phase::closed) {
@@ -521,6 +530,11 @@ bool serve_buffered(loop& l, connection& c) {
   }
   post_for(l, c, read_task);  // fairness: other connections first, then the rest
   return true;
+}
+
+// Called twice for every read; c.in is nearly always empty.
+inline bool serve_buffered(loop& l, connection& c) {
+  return c.in.empty() || serve_held(l, c);
 }
 
 bool read_and_process(loop& l, connection& c, bool peer_closed) {
@@ -995,29 +1009,58 @@ void begin_loop_drain(loop& l) {
 namespace detail {
 
 void write_head(std::string& out, const response& res, long long content_length) {
-  int status = res.status();
+  // The pieces first, then one resize and a copy of each: appending them one by one cost a
+  // capacity check and a call per piece, on every response.
+  const int status = res.status();
+  char line[80];  // "HTTP/1.1 404 Not Found"
+  std::size_t line_len;
   if (status == 200) {
-    out.append("HTTP/1.1 200 OK\r\nDate: ");
+    std::memcpy(line, "HTTP/1.1 200 OK", 15);
+    line_len = 15;
   } else {
-    out.append("HTTP/1.1 ");
-    append_number(out, static_cast<std::size_t>(status));
-    out.push_back(' ');
-    out.append(reason_phrase(status));
-    out.append("\r\nDate: ");
+    std::memcpy(line, "HTTP/1.1 ", 9);
+    char* p = std::to_chars(line + 9, line + 20, status).ptr;
+    *p++ = ' ';
+    const char* reason = reason_phrase(status);
+    const std::size_t n = ::strnlen(reason, static_cast<std::size_t>(line + sizeof line - p));
+    std::memcpy(p, reason, n);
+    line_len = static_cast<std::size_t>(p + n - line);
   }
-  out.append(access::date(res));
+  char length[24];
+  std::size_t length_len = 0;
+  std::string_view framing;
   if (content_length >= 0) {
-    out.append("\r\nContent-Length: ");
-    append_number(out, static_cast<std::size_t>(content_length));
+    framing = "\r\nContent-Length: ";
+    length_len = static_cast<std::size_t>(
+        std::to_chars(length, length + sizeof length, content_length).ptr - length);
   } else if (content_length == -1) {
-    out.append("\r\nTransfer-Encoding: chunked");
+    framing = "\r\nTransfer-Encoding: chunked";
   }
+  std::string_view connection;
   if (access::close(res)) {
-    out.append("\r\nConnection: close");
+    connection = "\r\nConnection: close";
   } else if (access::http10(res)) {
-    out.append("\r\nConnection: keep-alive");
+    connection = "\r\nConnection: keep-alive";
   }
-  out.append("\r\n").append(access::headers(res)).append("\r\n");
+  const std::string_view date = access::date(res);
+  const std::string& fields = access::headers(res);
+  const std::size_t at = out.size();
+  out.resize(at + line_len + 8 + date.size() + framing.size() + length_len + connection.size() + 2 +
+             fields.size() + 2);
+  char* p = out.data() + at;
+  auto put = [&p](const char* s, std::size_t n) {
+    std::memcpy(p, s, n);
+    p += n;
+  };
+  put(line, line_len);
+  put("\r\nDate: ", 8);
+  put(date.data(), date.size());
+  put(framing.data(), framing.size());
+  put(length, length_len);
+  put(connection.data(), connection.size());
+  put("\r\n", 2);
+  put(fields.data(), fields.size());
+  put("\r\n", 2);
 }
 
 }  // namespace detail

@@ -1,5 +1,7 @@
 #include "http1_parser.hpp"
 
+#include "bytes.hpp"
+
 #include <array>
 #include <charconv>
 #include <cstring>
@@ -107,43 +109,81 @@ result find_head_end(std::string_view buf, size_t& scan_from, size_t& head_lengt
     scan_from = pos;
   }
   if (buf.size() > lim.max_header_bytes) return fail(err, 431, "request head too large");
+  scan_from = buf.size();  // no LF up to here (the checks look back from each LF)
   return result::incomplete;
 }
 
-result parse_head(std::string_view head, request_head& out, const limits& lim,
-                  error& err) noexcept {
+namespace {
+
+// The request line of nearly every request, "METHOD /path HTTP/1.x\r\n", in one pass over
+// it; false for anything else (other target forms, other versions, and every error), which
+// the full checks below then judge. Sets `pos` past its CRLF.
+bool common_request_line(std::string_view buf, request_head& out, const limits& lim,
+                         size_t& pos) noexcept {
+  const char* d = buf.data();
+  const size_t n = buf.size();
+  size_t m = 0;
+  while (m < n && kTchar[static_cast<unsigned char>(d[m])])
+    ++m;
+  if (m == 0 || m >= n || d[m] != ' ') return false;
+  const size_t t = m + 1;
+  const size_t len = bytes::visible_run(d + t, n - t);
+  if (len == 0 || d[t] != '/' || len > lim.max_target) return false;
+  const size_t v = t + len;  // the SP before the version
+  if (n - v < 11 || d[v] != ' ' || std::memcmp(d + v + 1, "HTTP/1.", 7) != 0) return false;
+  const char minor = d[v + 8];
+  if (minor < '0' || minor > '9' || d[v + 9] != '\r' || d[v + 10] != '\n') return false;
+  out.method = std::string_view(d, m);
+  out.target = std::string_view(d + t, len);
+  out.version_minor = minor - '0';
+  pos = v + 11;
+  return true;
+}
+
+// exact: `buf` is a whole head (find_head_end's), and a failure is the verdict.
+// Otherwise `buf` begins with a head that may be cut short or followed by more; done only
+// for a whole, valid head within the limits (out.length says where it ends), and incomplete
+// for anything else: the caller then takes the exact way for the verdict.
+result parse(std::string_view buf, request_head& out, const limits& lim, error& err,
+             bool exact) noexcept {
   out.clear();
-  out.length = head.size();
-  // request-line = method SP request-target SP HTTP-version CRLF  (RFC 9112 §3)
-  size_t eol = head.find("\r\n");
-  std::string_view line = head.substr(0, eol);
-  size_t sp1 = line.find(' ');
-  if (sp1 == std::string_view::npos) return fail(err, 400, "malformed request line");
-  out.method = line.substr(0, sp1);
-  if (!is_token(out.method)) return fail(err, 400, "invalid method");
-  size_t sp2 = line.find(' ', sp1 + 1);
-  if (sp2 == std::string_view::npos) return fail(err, 400, "malformed request line");
-  out.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-  std::string_view version = line.substr(sp2 + 1);
-  if (out.target.empty()) return fail(err, 400, "empty request target");
-  if (out.target.size() > lim.max_target) return fail(err, 414, "request target too long");
-  for (unsigned char c : out.target) {
-    if (c <= 0x20 || c >= 0x7f) return fail(err, 400, "invalid character in request target");
-  }
-  if (version.size() != 8 || version.compare(0, 5, "HTTP/") != 0 || version[6] != '.' ||
-      version[5] < '0' || version[5] > '9' || version[7] < '0' || version[7] > '9') {
-    return fail(err, 400, "malformed HTTP version");
-  }
-  if (version[5] != '1') return fail(err, 505, "HTTP version not supported");
-  out.version_minor = version[7] - '0';
-  if (out.target[0] != '/') {
-    // The scheme is case-insensitive (RFC 3986 §3.1).
-    auto scheme = [&](std::string_view s) {
-      return out.target.size() > s.size() && iequals(out.target.substr(0, s.size()), s);
-    };
-    bool absolute = scheme("http://") || scheme("https://");
-    bool asterisk = out.target == "*" && out.method == "OPTIONS";
-    if (!absolute && !asterisk) return fail(err, 400, "invalid request target form");
+  out.length = exact ? buf.size() : 0;
+  size_t pos = 0;
+  if (!common_request_line(buf, out, lim, pos)) {
+    if (!exact) return result::incomplete;
+    const std::string_view head = buf;
+    // request-line = method SP request-target SP HTTP-version CRLF  (RFC 9112 §3)
+    size_t eol = head.find("\r\n");
+    std::string_view line = head.substr(0, eol);
+    size_t sp1 = line.find(' ');
+    if (sp1 == std::string_view::npos) return fail(err, 400, "malformed request line");
+    out.method = line.substr(0, sp1);
+    if (!is_token(out.method)) return fail(err, 400, "invalid method");
+    size_t sp2 = line.find(' ', sp1 + 1);
+    if (sp2 == std::string_view::npos) return fail(err, 400, "malformed request line");
+    out.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    std::string_view version = line.substr(sp2 + 1);
+    if (out.target.empty()) return fail(err, 400, "empty request target");
+    if (out.target.size() > lim.max_target) return fail(err, 414, "request target too long");
+    for (unsigned char c : out.target) {
+      if (c <= 0x20 || c >= 0x7f) return fail(err, 400, "invalid character in request target");
+    }
+    if (version.size() != 8 || version.compare(0, 5, "HTTP/") != 0 || version[6] != '.' ||
+        version[5] < '0' || version[5] > '9' || version[7] < '0' || version[7] > '9') {
+      return fail(err, 400, "malformed HTTP version");
+    }
+    if (version[5] != '1') return fail(err, 505, "HTTP version not supported");
+    out.version_minor = version[7] - '0';
+    if (out.target[0] != '/') {
+      // The scheme is case-insensitive (RFC 3986 §3.1).
+      auto scheme = [&](std::string_view s) {
+        return out.target.size() > s.size() && iequals(out.target.substr(0, s.size()), s);
+      };
+      bool absolute = scheme("http://") || scheme("https://");
+      bool asterisk = out.target == "*" && out.method == "OPTIONS";
+      if (!absolute && !asterisk) return fail(err, 400, "invalid request target form");
+    }
+    pos = eol + 2;
   }
 
   // field-line = field-name ":" OWS field-value OWS   (RFC 9112 §5)
@@ -151,70 +191,71 @@ result parse_head(std::string_view head, request_head& out, const limits& lim,
   bool have_length = false, have_te = false, chunked_last = false, other_coding = false;
   int chunked_count = 0;
   bool connection_close = false, connection_keep_alive = false;
-  size_t pos = eol + 2;
-  const char* d = head.data();
-  const size_t size = head.size();
+  const char* d = buf.data();
+  const size_t size = buf.size();
+  // Past this point every failure of the other way is incomplete here.
+  auto bad = [&](int status, const char* reason) {
+    return exact ? fail(err, status, reason) : result::incomplete;
+  };
   auto at = [d](size_t i) { return static_cast<unsigned char>(d[i]); };
   while (pos < size) {
     if (d[pos] == '\r' && pos + 1 < size && d[pos + 1] == '\n') break;  // the empty line
-    if (d[pos] == ' ' || d[pos] == '\t') return fail(err, 400, "obs-fold in header");
+    if (d[pos] == ' ' || d[pos] == '\t') return bad(400, "obs-fold in header");
     // One pass over the line: the name's tchars up to ':', then field characters up to CRLF.
     size_t colon = pos;
     while (colon < size && kTchar[at(colon)])
       ++colon;
     if (colon == pos || colon == size || d[colon] != ':') {
-      std::string_view field = head.substr(pos, head.find("\r\n", pos) - pos);
-      return fail(err, 400,
-                  field.find(':') == std::string_view::npos ? "header without colon"
-                                                            : "invalid header name");
+      if (!exact) return result::incomplete;
+      std::string_view field = buf.substr(pos, buf.find("\r\n", pos) - pos);
+      return bad(400, field.find(':') == std::string_view::npos ? "header without colon"
+                                                                : "invalid header name");
     }
-    size_t end = colon + 1;
-    while (end < size && is_field_char(at(end)))
-      ++end;
+    size_t end = colon + 1 + bytes::field_run(d + colon + 1, size - colon - 1);
     if (end + 1 >= size || d[end] != '\r' || d[end + 1] != '\n') {
-      return fail(err, 400, "invalid character in header value");
+      return bad(400, "invalid character in header value");
     }
     std::string_view name(d + pos, colon - pos);
-    std::string_view value = trim_ows(head.substr(colon + 1, end - colon - 1));
+    std::string_view value = trim_ows(buf.substr(colon + 1, end - colon - 1));
     pos = end + 2;
-    if (out.headers.size() >= lim.max_headers) return fail(err, 431, "too many header fields");
+    if (out.headers.size() >= lim.max_headers) return bad(431, "too many header fields");
     out.headers.push_back({name, value});
 
     // The fields that shape the message, found by length first (most names are neither).
     enum class special { none, length, coding, host, connection, expect } kind = special::none;
     switch (name.size()) {
       case 4:
-        kind = iequals(name, "host") ? special::host : special::none;
+        kind = bytes::iequals_lower(name, "host") ? special::host : special::none;
         break;
       case 6:
-        kind = iequals(name, "expect") ? special::expect : special::none;
+        kind = bytes::iequals_lower(name, "expect") ? special::expect : special::none;
         break;
       case 10:
-        kind = iequals(name, "connection") ? special::connection : special::none;
+        kind = bytes::iequals_lower(name, "connection") ? special::connection : special::none;
         break;
       case 14:
-        kind = iequals(name, "content-length") ? special::length : special::none;
+        kind = bytes::iequals_lower(name, "content-length") ? special::length : special::none;
         break;
       case 17:
-        kind = iequals(name, "transfer-encoding") ? special::coding : special::none;
+        kind = bytes::iequals_lower(name, "transfer-encoding") ? special::coding : special::none;
         break;
       default:
         break;
     }
     if (kind == special::none) continue;
     if (kind == special::length) {
-      bool bad = false;
+      bool invalid = false;
       for_each_element(value, [&](std::string_view v) {
         std::uint64_t n = 0;
         auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
         if (ec != std::errc{} || p != v.data() + v.size() || v[0] == '+' ||
             (have_length && n != out.content_length)) {
-          bad = true;
+          invalid = true;
         }
         out.content_length = n;
         have_length = true;
       });
-      if (bad || !have_length) return fail(err, 400, "invalid or conflicting Content-Length");
+      if (invalid || !have_length) return bad(400, "invalid or conflicting Content-Length");
     } else if (kind == special::coding) {
       have_te = true;
       for_each_element(value, [&](std::string_view coding) {
@@ -228,9 +269,7 @@ result parse_head(std::string_view head, request_head& out, const limits& lim,
     } else if (kind == special::host) {
       ++hosts;
       // Host characters only; an invalid one gets 400 (RFC 9112 §3.2).
-      for (unsigned char h : value) {
-        if (!kHostChar[h]) return fail(err, 400, "invalid Host");
-      }
+      if (!bytes::all_in(kHostChar, value)) return bad(400, "invalid Host");
     } else if (kind == special::connection) {
       for_each_element(value, [&](std::string_view opt) {
         if (iequals(opt, "close")) connection_close = true;
@@ -241,23 +280,41 @@ result parse_head(std::string_view head, request_head& out, const limits& lim,
     }
   }
 
+  if (!exact) {
+    // The empty line, whole, and the head within the limit.
+    if (pos + 1 >= size || d[pos] != '\r' || d[pos + 1] != '\n') return result::incomplete;
+    if (pos + 2 > lim.max_header_bytes) return result::incomplete;
+    out.length = pos + 2;
+  }
+
   // RFC 9112 §3.2: exactly one Host in HTTP/1.1.
-  if (out.version_minor >= 1 && hosts != 1) return fail(err, 400, "missing or repeated Host");
-  if (hosts > 1) return fail(err, 400, "repeated Host");
+  if (out.version_minor >= 1 && hosts != 1) return bad(400, "missing or repeated Host");
+  if (hosts > 1) return bad(400, "repeated Host");
   // RFC 9112 §6.1 / §6.3: Transfer-Encoding decides framing; with Content-Length too, or in
   // HTTP/1.0, or without chunked last, the framing is ambiguous: reject.
   if (have_te) {
-    if (have_length) return fail(err, 400, "Transfer-Encoding with Content-Length");
-    if (out.version_minor == 0) return fail(err, 400, "Transfer-Encoding in HTTP/1.0");
-    if (!chunked_last || chunked_count != 1)
-      return fail(err, 400, "chunked is not the final coding");
-    if (other_coding) return fail(err, 501, "unsupported transfer coding");
+    if (have_length) return bad(400, "Transfer-Encoding with Content-Length");
+    if (out.version_minor == 0) return bad(400, "Transfer-Encoding in HTTP/1.0");
+    if (!chunked_last || chunked_count != 1) return bad(400, "chunked is not the final coding");
+    if (other_coding) return bad(501, "unsupported transfer coding");
     out.body = body_kind::chunked;
   } else if (have_length && out.content_length > 0) {
     out.body = body_kind::length;
   }
   out.keep_alive = out.version_minor >= 1 ? !connection_close : connection_keep_alive;
   return result::done;
+}
+
+}  // namespace
+
+result parse_head(std::string_view head, request_head& out, const limits& lim,
+                  error& err) noexcept {
+  return parse(head, out, lim, err, true);
+}
+
+result parse_whole_head(std::string_view data, request_head& out, const limits& lim) noexcept {
+  error unused;
+  return parse(data, out, lim, unused, false);
 }
 
 result chunked_decoder::feed(std::string_view in, size_t& consumed, std::string& body,

@@ -68,6 +68,12 @@ result find_head_end(std::string_view buf, std::size_t& scan_from, std::size_t& 
 // Parses a complete head (buf.substr(0, head_length) from find_head_end).
 result parse_head(std::string_view head, request_head& out, const limits& lim, error& err) noexcept;
 
+// The one-pass way for a head that came whole, as nearly all do: parses the head at the
+// start of `data` (more may follow). done, with out.length set, only for a whole, valid head
+// within the limits, with the same result parse_head gives it; incomplete for anything else,
+// and then find_head_end and parse_head decide.
+result parse_whole_head(std::string_view data, request_head& out, const limits& lim) noexcept;
+
 // Incremental chunked body decoder (RFC 9112 §7.1): feed it bytes as they come.
 class chunked_decoder {
  public:

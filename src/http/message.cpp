@@ -1,5 +1,8 @@
 #include "endless/http/message.hpp"
 
+#include <cstring>
+
+#include "bytes.hpp"
 #include "http1_parser.hpp"
 
 namespace endless::http {
@@ -77,11 +80,16 @@ bool reserved_field(std::string_view name) noexcept {
   }
 }
 
-bool has_cr_or_lf(std::string_view s) noexcept {
-  for (char c : s) {
-    if (c == '\r' || c == '\n') return true;
-  }
-  return false;
+// "name: value\r\n" at the end of `out`, in one resize.
+void append_field(std::string& out, std::string_view name, std::string_view value) {
+  const std::size_t at = out.size();
+  out.resize(at + name.size() + value.size() + 4);
+  char* p = out.data() + at;
+  std::memcpy(p, name.data(), name.size());
+  p += name.size();
+  std::memcpy(p, ": ", 2);
+  std::memcpy(p + 2, value.data(), value.size());
+  std::memcpy(p + 2 + value.size(), "\r\n", 2);
 }
 
 }  // namespace
@@ -89,15 +97,15 @@ bool has_cr_or_lf(std::string_view s) noexcept {
 response& response::header(std::string_view name, std::string_view value) {
   if (reserved_field(name)) return *this;
   // A CR or LF in a name or value would let a handler split the response: drop the field.
-  if (has_cr_or_lf(name) || has_cr_or_lf(value)) return *this;
-  headers_.append(name).append(": ").append(value).append("\r\n");
+  if (bytes::has_cr_or_lf(name) || bytes::has_cr_or_lf(value)) return *this;
+  append_field(headers_, name, value);
   return *this;
 }
 
 response& response::trailer(std::string_view name, std::string_view value) {
   if (reserved_field(name)) return *this;
-  if (has_cr_or_lf(name) || has_cr_or_lf(value)) return *this;
-  trailers_.append(name).append(": ").append(value).append("\r\n");
+  if (bytes::has_cr_or_lf(name) || bytes::has_cr_or_lf(value)) return *this;
+  append_field(trailers_, name, value);
   return *this;
 }
 

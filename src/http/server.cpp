@@ -19,6 +19,7 @@
 #include "detail.hpp"
 #include "endless/core/address.hpp"
 #include "server_impl.hpp"
+#include "ticks.hpp"
 
 namespace endless::http {
 
@@ -415,6 +416,7 @@ void monitor(server_state& st) {
   std::unique_lock lock(st.monitor_mu);
   while (!st.stopping.load()) {
     st.monitor_cv.wait_for(lock, std::chrono::milliseconds(10));
+    ticks::calibrate_step();
     for (std::size_t i = 0; i < st.loops.size(); ++i) {
       loop& l = *st.loops[i];
       std::uint64_t v = l.ownership.load(std::memory_order_acquire);
@@ -448,8 +450,7 @@ bool run_handler(loop& l, const request& req, response& res) {
   std::uint64_t seq = ((cur >> 1) + 1) & 0x7fffffffu;
   std::uint64_t busy = (cur & ~0xffffffffull) | (seq << 1) | kInHandler;
   l.ownership.store(busy, std::memory_order_release);
-  timespec t0{};
-  ::clock_gettime(CLOCK_MONOTONIC, &t0);
+  const ticks::reading t0 = ticks::now();
   try {
     l.srv->fn(req, res);
   } catch (const std::exception& e) {
@@ -461,10 +462,7 @@ bool run_handler(loop& l, const request& req, response& res) {
                " threw");
     detail::access::set_failed(res);
   }
-  timespec t1{};
-  ::clock_gettime(CLOCK_MONOTONIC, &t1);
-  auto ns = static_cast<std::uint64_t>((t1.tv_sec - t0.tv_sec) * 1'000'000'000LL +
-                                       (t1.tv_nsec - t0.tv_nsec));
+  const std::uint64_t ns = ticks::ns_since(t0);
   l.srv->metrics.count_request(req.method(), detail::access::ok(res) ? res.status() : 500, ns);
   std::uint64_t expected = busy;
   return l.ownership.compare_exchange_strong(expected, busy & ~kInHandler,

@@ -1,8 +1,8 @@
 // libFuzzer target for the HTTP/1.1 parser: the head scanner, the head parser and the
 // chunked decoder, fed the input whole and in pieces. Checks invariants beyond "no crash":
 // views point into the input, a parsed head never claims more bytes than it was given,
-// feeding byte by byte finds the same head end as feeding at once, decoded bodies respect
-// the limit.
+// feeding byte by byte finds the same head end as feeding at once, the one-pass way agrees
+// with the exact one wherever it takes a head, decoded bodies respect the limit.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -60,6 +60,28 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       check(head.headers.size() <= lim.max_headers);
     } else {
       check(r == result::bad && perr.status >= 400 && perr.status <= 505);
+    }
+  }
+
+  // The one-pass way: where it takes a head whole, the exact way takes the same head.
+  {
+    request_head quick;
+    if (parse_whole_head(in, quick, lim) == result::done) {
+      check(whole == result::done && quick.length == head_len);
+      request_head exact;
+      error perr;
+      check(parse_head(in.substr(0, head_len), exact, lim, perr) == result::done);
+      check(quick.method == exact.method && quick.target == exact.target &&
+            quick.version_minor == exact.version_minor && quick.body == exact.body &&
+            quick.content_length == exact.content_length && quick.keep_alive == exact.keep_alive &&
+            quick.expect_continue == exact.expect_continue &&
+            quick.headers.size() == exact.headers.size());
+      for (std::size_t i = 0; i < quick.headers.size(); ++i) {
+        check(quick.headers[i].name.data() == exact.headers[i].name.data() &&
+              quick.headers[i].name.size() == exact.headers[i].name.size() &&
+              quick.headers[i].value.data() == exact.headers[i].value.data() &&
+              quick.headers[i].value.size() == exact.headers[i].value.size());
+      }
     }
   }
 

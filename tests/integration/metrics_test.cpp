@@ -271,6 +271,21 @@ TEST_F(metrics_test, counters_carry_over_three_upgrades) {
   EXPECT_TRUE(wait_until([&] { return scrape().at("endless_drains_total") >= 3; }, 10s));
 }
 
+// Handler durations are read from CLOCK_MONOTONIC until the TSC's rate is known (it is
+// measured over the first 100 ms or so, where the kernel's clocksource is the TSC) and from
+// the TSC after: both ways put a 300 ms handler in the (0.25, 0.5] bucket.
+TEST_F(metrics_test, handler_durations_are_right_before_and_after_the_tsc_rate_is_known) {
+  start_http({});
+  ASSERT_EQ(http_get(port, "/sleep?ms=300").status, 200);  // most likely before
+  std::this_thread::sleep_for(300ms);
+  ASSERT_EQ(http_get(port, "/sleep?ms=300").status, 200);  // after
+  exposition x = scrape();
+  const std::string bucket = "endless_http_request_duration_seconds_bucket{le=\"";
+  EXPECT_EQ(x.at(bucket + "0.5\"}") - x.at(bucket + "0.25\"}"), 2);
+  EXPECT_GE(x.at("endless_http_request_duration_seconds_sum"), 0.6);
+  EXPECT_LT(x.at("endless_http_request_duration_seconds_sum"), 0.9);
+}
+
 // /readyz answers 503 from the moment a process drains, while /healthz stays 200; the new
 // process is ready. A request pipelined behind a slow one on the old process shows it.
 TEST_F(metrics_test, readyz_turns_503_when_the_process_drains) {

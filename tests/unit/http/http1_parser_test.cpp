@@ -13,7 +13,41 @@ struct outcome {
   request_head head;
 };
 
-// Runs find_head_end + parse_head over the whole input at once.
+bool same_head(const request_head& a, const request_head& b) {
+  if (a.headers.size() != b.headers.size()) return false;
+  for (std::size_t i = 0; i < a.headers.size(); ++i) {
+    if (a.headers[i].name != b.headers[i].name || a.headers[i].value != b.headers[i].value) {
+      return false;
+    }
+  }
+  return a.method == b.method && a.target == b.target && a.version_minor == b.version_minor &&
+         a.length == b.length && a.body == b.body && a.content_length == b.content_length &&
+         a.keep_alive == b.keep_alive && a.expect_continue == b.expect_continue;
+}
+
+// The one-pass way (parse_whole_head) on `in`, on `in` with a pipelined request after it,
+// and on every prefix of `in`: where it says done, the exact way agrees on all of it.
+void one_pass_agrees(std::string_view in, const limits& lim, const outcome& exact,
+                     std::size_t head_len) {
+  std::string more = std::string(in) + "GET /next HTTP/1.1\r\nHost: y\r\n\r\n";
+  for (std::string_view data : {in, std::string_view(more)}) {
+    request_head quick;
+    if (parse_whole_head(data, quick, lim) != result::done) continue;
+    ASSERT_EQ(exact.r, result::done) << "one pass took what the exact way refuses: " << in;
+    EXPECT_EQ(quick.length, head_len) << in;
+    EXPECT_TRUE(same_head(quick, exact.head)) << in;
+  }
+  for (std::size_t n = 0; n < in.size(); ++n) {
+    request_head quick;
+    if (parse_whole_head(in.substr(0, n), quick, lim) == result::done) {
+      ASSERT_EQ(exact.r, result::done) << in;
+      EXPECT_LE(head_len, n) << "a head cut short was taken whole: " << in.substr(0, n);
+    }
+  }
+}
+
+// Runs find_head_end + parse_head over the whole input at once (and checks the one-pass
+// way against it).
 outcome parse(std::string_view in, const limits& lim = {}) {
   outcome o;
   std::size_t scan = 0, len = 0;
@@ -21,6 +55,7 @@ outcome parse(std::string_view in, const limits& lim = {}) {
   o.r = find_head_end(in, scan, len, lim, err);
   if (o.r == result::done) o.r = parse_head(in.substr(0, len), o.head, lim, err);
   o.status = err.status;
+  one_pass_agrees(in, lim, o, len);
   return o;
 }
 
@@ -151,6 +186,29 @@ TEST(parser, head_limits) {
   for (int i = 0; i < 101; ++i)
     many += "X" + std::to_string(i) + ": v\r\n";
   EXPECT_EQ(parse(many + "\r\n").status, 431);
+}
+
+// The one-pass way serves the common forms, and leaves the rest to the exact way.
+TEST(parser, one_pass_takes_the_common_heads_whole) {
+  const limits lim;
+  for (std::string_view req :
+       {"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"sv,
+        "POST /items?id=7 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nX-Tab:\ta\tb \r\n\r\n"sv,
+        "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"sv}) {
+    request_head quick;
+    const std::string data = std::string(req) + "abc";  // the head's views point into it
+    ASSERT_EQ(parse_whole_head(data, quick, lim), result::done) << req;
+    EXPECT_EQ(quick.length, req.size());
+    auto exact = parse(req);
+    EXPECT_TRUE(same_head(quick, exact.head)) << req;
+  }
+  for (std::string_view other : {"GET / HTTP/1.1\r\nHost: x\r\n"sv,              // cut short
+                                 "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n"sv,  // absolute form
+                                 "GET / HTTP/1.1\r\nHost: x\r\nX: a\x01\r\n\r\n"sv,  // a 400
+                                 "GET / HTTP/2.0\r\nHost: x\r\n\r\n"sv}) {           // a 505
+    request_head quick;
+    EXPECT_EQ(parse_whole_head(other, quick, lim), result::incomplete) << other;
+  }
 }
 
 TEST(parser, byte_by_byte_finds_the_same_end) {
