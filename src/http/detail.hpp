@@ -5,6 +5,12 @@
 
 namespace endless::http::detail {
 
+// The status a response goes out with: a handler's code outside 100-999 cannot be written
+// in three digits, and clamping it could make a final answer look interim: 500 instead.
+constexpr int wire_status(int status) noexcept {
+  return status >= 100 && status <= 999 ? status : 500;
+}
+
 struct access {
   static std::vector<std::pair<std::string_view, std::string_view>>& params(const request& r) {
     return r.params_;

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -1011,7 +1012,7 @@ namespace detail {
 void write_head(std::string& out, const response& res, long long content_length) {
   // The pieces first, then one resize and a copy of each: appending them one by one cost a
   // capacity check and a call per piece, on every response.
-  const int status = res.status();
+  const int status = wire_status(res.status());
   char line[80];  // "HTTP/1.1 404 Not Found"
   std::size_t line_len;
   if (status == 200) {

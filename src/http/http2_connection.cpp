@@ -356,7 +356,7 @@ void build_head(const response& res, long long content_length) {
   sc.nv.clear();
   sc.lower.clear();
   char status[4];
-  int code = std::clamp(res.status(), 100, 999);
+  int code = detail::wire_status(res.status());
   status[0] = static_cast<char>('0' + code / 100);
   status[1] = static_cast<char>('0' + code / 10 % 10);
   status[2] = static_cast<char>('0' + code % 10);

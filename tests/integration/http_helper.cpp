@@ -15,6 +15,7 @@
 //   --verify-client none|optional|required  --handshake-timeout-ms N  --tls13-only 1
 //   --h2c 1  --h2 0  --max-streams N  --goaway-wait-ms N  --watch 0  --max-header N
 // Routes: / /pid /sleep?ms=N /echo (body back, with its length) /stream?n=N (chunked)
+// /status?code=N (that status, whatever N is)
 //         /throw (handler exception) /headers (the request's header names) /big?kb=N
 //         /tls (protocol, TLS, SNI, client certificate) /trailers (a body and two trailers)
 //         /reload (server::reload_certificates(): 200, or 500 with the reason)
@@ -210,6 +211,9 @@ int main(int argc, char** argv) {
   r.get("/trailers", [](const http::request&, http::response& res) {
     res.trailer("X-Checksum", "abc123").trailer("X-Items", "2");
     res.text("with trailers\n");
+  });
+  r.get("/status", [](const http::request& req, http::response& res) {
+    res.status(std::stoi(std::string(req.query_value("code").value_or("200")))).text("s\n");
   });
   r.get("/cookie", [](const http::request& req, http::response& res) {
     res.text(std::string(req.header("cookie").value_or("none")) + "\n");

@@ -152,6 +152,22 @@ TEST_F(http_server_test, request_bodies_chunked_and_with_100_continue) {
   EXPECT_EQ(count(r.data, "HTTP/1.1 200"), 2) << "the request after a chunked body was lost";
 }
 
+// A handler's status outside 100-999 goes out as 500 (never as an interim 1xx), over
+// HTTP/1.1 and HTTP/2 alike; the connection goes on.
+TEST_F(http_server_test, status_outside_three_digits_is_500) {
+  start_http({"--h2c", "1"});
+  auto r = raw_exchange(port,
+                        "GET /status?code=1000 HTTP/1.1\r\nHost: x\r\n\r\n"
+                        "GET /status?code=-7 HTTP/1.1\r\nHost: x\r\n\r\n"
+                        "GET /status?code=418 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(count(r.data, "HTTP/1.1 500 Internal Server Error\r\n"), 2) << r.data;
+  EXPECT_EQ(count(r.data, "HTTP/1.1 418 "), 1) << r.data;
+  const std::string h2 =
+      curl("--http2-prior-knowledge -s -o /dev/null -w '%{http_code}' " +
+           std::string("http://127.0.0.1:") + std::to_string(port) + "/status?code=1000");
+  EXPECT_EQ(h2, "500");
+}
+
 TEST_F(http_server_test, streamed_response_is_chunked) {
   start_http({});
   auto r = raw_exchange(port, "GET /stream?n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

@@ -42,6 +42,8 @@ void one_pass_agrees(std::string_view in, const limits& lim, const outcome& exac
     if (parse_whole_head(in.substr(0, n), quick, lim) == result::done) {
       ASSERT_EQ(exact.r, result::done) << in;
       EXPECT_LE(head_len, n) << "a head cut short was taken whole: " << in.substr(0, n);
+      EXPECT_EQ(quick.length, head_len) << in;
+      EXPECT_TRUE(same_head(quick, exact.head)) << in;
     }
   }
 }
