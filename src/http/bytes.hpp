@@ -115,15 +115,18 @@ inline bool has_cr_or_lf(std::string_view s) noexcept {
 inline bool all_in(const std::array<bool, 256>& table, std::string_view s) noexcept {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const std::size_t n = s.size();
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    if (!(table[p[i]] & table[p[i + 1]] & table[p[i + 2]] & table[p[i + 3]] & table[p[i + 4]] &
-          table[p[i + 5]] & table[p[i + 6]] & table[p[i + 7]])) {
-      return false;
+  auto eight = [&table](const unsigned char* q) {
+    return table[q[0]] & table[q[1]] & table[q[2]] & table[q[3]] & table[q[4]] & table[q[5]] &
+           table[q[6]] & table[q[7]];
+  };
+  if (n >= 8) {
+    for (std::size_t i = 0; i + 8 < n; i += 8) {
+      if (!eight(p + i)) return false;
     }
+    return eight(p + n - 8);  // the last eight, overlapping the group before
   }
   bool ok = true;
-  for (; i < n; ++i)
+  for (std::size_t i = 0; i < n; ++i)
     ok &= table[p[i]];
   return ok;
 }

@@ -121,6 +121,11 @@ void response::send(std::string_view body, std::string_view content_type) {
   body_.assign(body);
 }
 
+void response::send_typed(std::string_view body, std::string_view content_type) {
+  append_field(headers_, "Content-Type", content_type);
+  body_.assign(body);
+}
+
 const char* reason_phrase(int status) noexcept {
   switch (status) {
     case 100:

@@ -87,9 +87,9 @@ class response {
   /// server's to write and are ignored here.
   response& header(std::string_view name, std::string_view value);
   /// The body, with its Content-Type.
-  void text(std::string_view body) { send(body, "text/plain; charset=utf-8"); }
-  void html(std::string_view body) { send(body, "text/html; charset=utf-8"); }
-  void json(std::string_view body) { send(body, "application/json"); }
+  void text(std::string_view body) { send_typed(body, "text/plain; charset=utf-8"); }
+  void html(std::string_view body) { send_typed(body, "text/html; charset=utf-8"); }
+  void json(std::string_view body) { send_typed(body, "application/json"); }
   void send(std::string_view body, std::string_view content_type = {});
   /// Streams `data` now (chunked transfer coding in HTTP/1.1). Blocks while the client is
   /// slow, up to the server's write_timeout. Returns false once the client is gone.
@@ -103,6 +103,8 @@ class response {
 
  private:
   friend struct detail::access;
+  // send() with a Content-Type of ours (no CR or LF to look for).
+  void send_typed(std::string_view body, std::string_view content_type);
   int status_ = 200;
   std::string headers_;   ///< "Name: value\r\n" ...
   std::string trailers_;  ///< the same form
