@@ -1025,7 +1025,7 @@ void write_head(std::string& out, const response& res, long long content_length)
     char* p = out.data() + at;
     std::memcpy(p, a.data(), a.size());
     p += a.size();
-    std::memcpy(p, date.data(), date.size());
+    if (!date.empty()) std::memcpy(p, date.data(), date.size());
     p += date.size();
     std::memcpy(p, b.data(), b.size());
     p += b.size();
@@ -1072,6 +1072,7 @@ void write_head(std::string& out, const response& res, long long content_length)
              fields.size() + 2);
   char* p = out.data() + at;
   auto put = [&p](const char* s, std::size_t n) {
+    if (n == 0) return;  // an empty view may have no data at all: memcpy wants a pointer
     std::memcpy(p, s, n);
     p += n;
   };

@@ -85,10 +85,11 @@ void append_field(std::string& out, std::string_view name, std::string_view valu
   const std::size_t at = out.size();
   out.resize(at + name.size() + value.size() + 4);
   char* p = out.data() + at;
-  std::memcpy(p, name.data(), name.size());
+  // (An empty view may have no data at all, and memcpy wants a pointer even for 0 bytes.)
+  if (!name.empty()) std::memcpy(p, name.data(), name.size());
   p += name.size();
   std::memcpy(p, ": ", 2);
-  std::memcpy(p + 2, value.data(), value.size());
+  if (!value.empty()) std::memcpy(p + 2, value.data(), value.size());
   std::memcpy(p + 2 + value.size(), "\r\n", 2);
 }
 
