@@ -8,6 +8,8 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -52,8 +54,20 @@ class server final : public endless::core::drainable {
     cv_.wait(lock, [&] { return running_ == 0; });
   }
 
+  // The acceptor, and every connection thread it starts, runs with the lifecycle signals
+  // blocked (a new thread inherits its creator's mask), so that SIGHUP and the rest reach the
+  // upgrader's thread or the main thread, never a connection thread that is about to exit.
+  // The upgrader's handler works in any thread, but under TSan a signal that lands in an
+  // exiting thread is dropped: TSan holds it for the thread's next intercepted call, which
+  // never comes.
   void start() {
+    sigset_t lifecycle, old;
+    ::sigemptyset(&lifecycle);
+    for (int s : {SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGTSTP})
+      ::sigaddset(&lifecycle, s);
+    ::pthread_sigmask(SIG_BLOCK, &lifecycle, &old);
     acceptor_ = std::thread([this] { accept_loop(); });
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }
 
   void begin_drain(std::function<void()> done) override {

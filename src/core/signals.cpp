@@ -1,6 +1,7 @@
 #include "signals.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -27,6 +28,18 @@ void on_signal(int signo) {
 }
 
 }  // namespace
+
+sigset_t lifecycle_signals() noexcept {
+  sigset_t set;
+  ::sigemptyset(&set);
+  for (int s : {SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGTSTP})
+    ::sigaddset(&set, s);
+  return set;
+}
+
+void settle_signal_state() noexcept {
+  (void)::poll(nullptr, 0, 0);
+}
 
 signal_pipe::signal_pipe() {
   int fds[2];

@@ -456,6 +456,9 @@ upgrader::upgrader(options opts) {
     impl_->open_control();
     if (!impl_->box->wake) throw std::system_error(errno, std::system_category(), "eventfd");
     if (impl_->opts.handle_signals) {
+      // The thread that builds the upgrader is usually the one that waits in wait(): the
+      // kernel's first choice for a process-wide signal.
+      settle_signal_state();
       impl_->signals.emplace();
       for (int s : {SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2})
         impl_->signals->handle(s);
@@ -481,7 +484,24 @@ upgrader::upgrader(options opts) {
                      (startup().env.takeover ? ", took over from pid " : ", started by pid ") +
                      std::to_string(startup().parent));
     }
-    impl_->thread = std::thread([this] { impl_->loop(); });
+    {
+      // Our thread starts with the lifecycle signals blocked and takes them only once its
+      // signal state is settled (see settle_signal_state).
+      const sigset_t lifecycle = lifecycle_signals();
+      sigset_t old;
+      ::pthread_sigmask(SIG_BLOCK, &lifecycle, &old);
+      try {
+        impl_->thread = std::thread([this, old] {
+          settle_signal_state();
+          ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+          impl_->loop();
+        });
+      } catch (...) {
+        ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+        throw;
+      }
+      ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    }
     impl_->thread_id = impl_->thread.get_id();
   } catch (...) {
     impl_.reset();

@@ -11,16 +11,22 @@
 #include <thread>
 #include <utility>
 
+#include "../core/signals.hpp"
+
 namespace endless::io {
 
 template <class F>
 std::thread start_thread(F&& fn) {
-  sigset_t lifecycle, old;
-  ::sigemptyset(&lifecycle);
-  for (int s : {SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGTSTP})
-    ::sigaddset(&lifecycle, s);
+  const sigset_t lifecycle = core::lifecycle_signals();
+  sigset_t old;
   ::pthread_sigmask(SIG_BLOCK, &lifecycle, &old);  // inherited by the new thread
-  std::thread t(std::forward<F>(fn));
+  std::thread t;
+  try {
+    t = std::thread(std::forward<F>(fn));
+  } catch (...) {
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    throw;
+  }
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   return t;
 }

@@ -58,7 +58,7 @@ class core_fixture : public ::testing::Test {
           return next > 0 && next != old;
         },
         15s);
-    EXPECT_TRUE(ok) << "no new process after SIGHUP:\n" << read_file(log);
+    EXPECT_TRUE(ok) << "no new process after SIGHUP:\n" << read_file(log) << describe_process(old);
     if (!ok) return -1;
     procs.track(next);
     EXPECT_TRUE(wait_until([&] { return http_get(port, "/pid").x_pid == next; }, 10s))
