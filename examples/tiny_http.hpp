@@ -56,10 +56,9 @@ class server final : public endless::core::drainable {
 
   // The acceptor, and every connection thread it starts, runs with the lifecycle signals
   // blocked (a new thread inherits its creator's mask), so that SIGHUP and the rest reach the
-  // upgrader's thread or the main thread, never a connection thread that is about to exit.
-  // The upgrader's handler works in any thread, but under TSan a signal that lands in an
-  // exiting thread is dropped: TSan holds it for the thread's next intercepted call, which
-  // never comes.
+  // upgrader's thread or the main thread. The upgrader's handler works in any thread, but under
+  // TSan a signal that lands while a thread makes its first blocking call is dropped (see
+  // settle_signal_state in src/core/signals.hpp), and every connection here is a new thread.
   void start() {
     sigset_t lifecycle, old;
     ::sigemptyset(&lifecycle);
