@@ -19,7 +19,7 @@
 #   CLOSE_MAX    skip close-mode runs above this many clients [no limit]
 #   RESTARTS, INTERVAL, TIMELINE_MS   passed to peer_restart.sh [5, 2 s, 50 ms]
 #   METRICS_RESTARTS, FD_RESTARTS     restart_metrics.py --restarts, --fd-restarts [5, 100]
-#   SERVERS, SCENARIOS, DURATION, ROUNDS   passed to run.sh (its defaults: six servers, six
+#   SERVERS, SCENARIOS, DURATION, ROUNDS   passed to run.sh (its defaults: seven servers, six
 #                scenarios (HTTP/1.1, HTTPS, TLS handshakes, HTTP/2), 10 s, 3)
 #   CONNS        memory.sh's idle connections [10000]
 #   STAMP        the files' stamp [$(date +%F-%H%M%S)]
@@ -99,7 +99,7 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- speed ---------------------------------------------------------------------------------
 if has speed; then
-  step speed "bench/run.sh (${SERVERS:-its six servers}, ${SCENARIOS:-its six scenarios}, ${DURATION:-10} s x ${ROUNDS:-3})" \
+  step speed "bench/run.sh (${SERVERS:-its seven servers}, ${SCENARIOS:-its six scenarios}, ${DURATION:-10} s x ${ROUNDS:-3})" \
     env OUT="$speed_md" bench/run.sh
 fi
 

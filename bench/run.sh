@@ -6,7 +6,7 @@
 #
 #   bench/run.sh                                  # DURATION=10 s per run, ROUNDS=3
 #   DURATION=2 ROUNDS=1 bench/run.sh              # smoke run
-#   SERVERS="noop nginx" bench/run.sh             # a subset (default: all six)
+#   SERVERS="noop nginx" bench/run.sh             # a subset (default: all seven)
 #   SCENARIOS="https-keep-alive tls-handshakes h2" bench/run.sh   # a subset (default: all six)
 #   OUT=/tmp/x.md bench/run.sh                    # write the table elsewhere
 #
@@ -25,7 +25,7 @@ root=$PWD
 
 duration=${DURATION:-10}
 rounds=${ROUNDS:-3}
-read -r -a servers <<<"${SERVERS:-noop nginx endless h2o tableflip grace}"
+read -r -a servers <<<"${SERVERS:-noop nginx endless endless-static h2o tableflip grace}"
 connections=64
 depth=16
 server_cpu=1
