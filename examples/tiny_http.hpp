@@ -57,15 +57,21 @@ class server final : public endless::core::drainable {
   // The acceptor, and every connection thread it starts, runs with the lifecycle signals
   // blocked (a new thread inherits its creator's mask), so that SIGHUP and the rest reach the
   // upgrader's thread or the main thread. The upgrader's handler works in any thread, but under
-  // TSan a signal that lands while a thread makes its first blocking call is dropped (see
-  // settle_signal_state in src/core/signals.hpp), and every connection here is a new thread.
+  // TSan a signal is dropped if it lands while a thread makes its first blocking call or while
+  // it exits (see settle_signal_state in src/core/signals.hpp), and every connection here is a
+  // new, short-lived thread.
   void start() {
     sigset_t lifecycle, old;
     ::sigemptyset(&lifecycle);
     for (int s : {SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGTSTP})
       ::sigaddset(&lifecycle, s);
     ::pthread_sigmask(SIG_BLOCK, &lifecycle, &old);
-    acceptor_ = std::thread([this] { accept_loop(); });
+    try {
+      acceptor_ = std::thread([this] { accept_loop(); });
+    } catch (...) {
+      ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      throw;
+    }
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }
 

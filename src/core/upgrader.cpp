@@ -456,8 +456,8 @@ upgrader::upgrader(options opts) {
     impl_->open_control();
     if (!impl_->box->wake) throw std::system_error(errno, std::system_category(), "eventfd");
     if (impl_->opts.handle_signals) {
-      // The thread that builds the upgrader is usually the one that waits in wait(): the
-      // kernel's first choice for a process-wide signal.
+      // The thread that builds the upgrader is usually the main thread, the kernel's first
+      // choice for a process-wide signal, and the one that waits in wait().
       settle_signal_state();
       impl_->signals.emplace();
       for (int s : {SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2})

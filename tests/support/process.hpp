@@ -3,6 +3,8 @@
 // process those start, via the subreaper) is killed and reaped by the test's cleanup.
 #pragma once
 
+#include <pthread.h>
+#include <signal.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -19,6 +21,19 @@ using namespace std::chrono_literals;
 
 // Polls `pred` every 10 ms until it holds or `timeout` passes.
 bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
+
+// Blocks `set` in the calling thread for the guard's lifetime (threads it starts meanwhile
+// inherit the block).
+class signals_blocked {
+ public:
+  explicit signals_blocked(const sigset_t& set) { ::pthread_sigmask(SIG_BLOCK, &set, &old_); }
+  ~signals_blocked() { ::pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  signals_blocked(const signals_blocked&) = delete;
+  signals_blocked& operator=(const signals_blocked&) = delete;
+
+ private:
+  sigset_t old_;
+};
 
 std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& text);
