@@ -14,7 +14,19 @@ build="build/test${sanitize:+-$sanitize}"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENDLESS_WERROR=ON \
   -DENDLESS_SANITIZE="$sanitize"
 cmake --build "$build" -j "$(nproc)"
-ctest --test-dir "$build" --output-on-failure -j 2 --timeout 300
+ctest_log="$build/ctest-output.log"
+set +e
+ctest --test-dir "$build" --output-on-failure -j 2 --timeout 300 2>&1 | tee "$ctest_log"
+status=${PIPESTATUS[0]}
+set -e
+if ((status != 0)); then
+  # The failed tests' output once more, at the end, where a shortened log still shows it.
+  echo "== scripts/test.sh: the failed tests' output again (${sanitize:-plain} build)"
+  awk '/\*\*\*Failed|\*\*\*Timeout|\*\*\*Exception/ { p = 1; print; next }
+       /^ *Start +[0-9]+:|^ *[0-9]+\/[0-9]+ Test +#/ { p = 0 }
+       p' "$ctest_log" | tail -n 300
+  exit "$status"
+fi
 # The installed package, used the ways a user would: CMake (static, shared), pkg-config,
 # FetchContent (plain build only: the consumers are built without sanitizers).
 if [ -z "$sanitize" ]; then tests/package/run.sh "$build"; fi
