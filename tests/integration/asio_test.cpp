@@ -129,36 +129,8 @@ TEST_F(asio_test, idle_keep_alive_connection_is_closed_by_the_drain) {
 
 TEST_F(asio_test, tight_connect_loop_sees_no_failure_over_three_upgrades) {
   pid_t pid = start_asio();
-  std::atomic<bool> stop{false};
-  std::atomic<int> requests{0};
-  std::vector<std::string> failures;
-  std::set<pid_t> served_by;
-  std::thread client([&] {
-    auto deadline = std::chrono::steady_clock::now() + 60s;
-    while (!stop && std::chrono::steady_clock::now() < deadline && requests < 200000) {
-      auto r = http_get(port, "/");
-      ++requests;
-      if (!r.ok || r.status != 200 || r.body != "Hello Zero-Downtime!\n") {
-        failures.push_back(r.error.empty() ? "status " + std::to_string(r.status) : r.error);
-      } else {
-        served_by.insert(r.x_pid);
-      }
-    }
-  });
-  bool ok = true;
-  for (int i = 0; i < 3 && ok; ++i) {
-    int before = requests;
-    ok = wait_until([&] { return requests > before + 300; }, 10s);
-    if (ok) ok = (pid = upgrade(pid)) > 0;
-  }
-  int before = requests;
-  ok = ok && wait_until([&] { return requests > before + 300; }, 10s);
-  stop = true;
-  client.join();  // before any assertion returns: the thread uses this frame
-  ASSERT_TRUE(ok) << read_file(log);
-  EXPECT_TRUE(failures.empty()) << failures.size() << " failed of " << requests
-                                << ", first: " << failures.front();
-  EXPECT_EQ(served_by.size(), 4u) << "requests were not served by all four processes";
+  tight_client client(port, "Hello Zero-Downtime!\n");
+  upgrades_under(client, pid, 3);
 }
 
 TEST_F(asio_test, sigterm_drains_the_in_flight_request_and_exits) {

@@ -6,7 +6,10 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <atomic>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/process.hpp"
@@ -21,6 +24,47 @@
 #endif
 
 namespace endless::test {
+
+// GET / on a fresh connection, back to back, from a thread of its own until stop() (or 60 s,
+// or 200,000 requests); every answer should be a 200 with `body`. The destructor stops it, so
+// an assertion that returns early never leaves the thread running on the test's frame.
+class tight_client {
+ public:
+  tight_client(int port, std::string body)
+      : thread_([this, port, want = std::move(body)] { run(port, want); }) {}
+  ~tight_client() { stop(); }
+  tight_client(const tight_client&) = delete;
+  tight_client& operator=(const tight_client&) = delete;
+
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  int requests() const { return requests_; }
+  // After stop():
+  const std::vector<std::string>& failures() const { return failures_; }
+  const std::set<pid_t>& served_by() const { return served_by_; }
+
+ private:
+  void run(int port, const std::string& body) {
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (!stop_ && std::chrono::steady_clock::now() < deadline && requests_ < 200000) {
+      auto r = http_get(port, "/");
+      ++requests_;
+      if (!r.ok || r.status != 200 || r.body != body) {
+        failures_.push_back(r.error.empty() ? "status " + std::to_string(r.status) : r.error);
+      } else {
+        served_by_.insert(r.x_pid);
+      }
+    }
+  }
+
+  std::atomic<bool> stop_{false};
+  std::atomic<int> requests_{0};
+  std::vector<std::string> failures_;
+  std::set<pid_t> served_by_;
+  std::thread thread_;  // last: it starts once the members above exist
+};
 
 class core_fixture : public ::testing::Test {
  protected:
@@ -111,6 +155,26 @@ class core_fixture : public ::testing::Test {
     EXPECT_NE(r.find("failed 0 "), std::string::npos) << out << ":\n" << r;
   }
 #endif
+
+  // `n` upgrades while `client` runs, each once it has made 300 more requests, and 300 more
+  // after the last; then stops it and expects no failure and answers from n + 1 processes.
+  void upgrades_under(tight_client& client, pid_t pid, int n) {
+    for (int i = 0; i <= n; ++i) {
+      int before = client.requests();
+      ASSERT_TRUE(wait_until([&] { return client.requests() > before + 300; }, 10s))
+          << "the client stalled\n"
+          << read_file(log);
+      if (i == n) break;
+      pid = upgrade(pid);
+      ASSERT_GT(pid, 0);
+    }
+    client.stop();
+    EXPECT_TRUE(client.failures().empty())
+        << client.failures().size() << " failed of " << client.requests()
+        << ", first: " << client.failures().front();
+    EXPECT_EQ(client.served_by().size(), static_cast<std::size_t>(n + 1))
+        << "requests were not served by every process";
+  }
 
   std::string get_body(const std::string& target) {
     auto r = http_get(port, target);

@@ -44,35 +44,8 @@ TEST_F(upgrade_test, same_socket_and_pid_file_across_three_upgrades) {
 
 TEST_F(upgrade_test, tight_connect_loop_sees_no_refused_or_reset_connection) {
   pid_t pid = start({"--addr", "127.0.0.1:0"});
-  std::atomic<bool> stop{false};
-  std::atomic<int> requests{0};
-  std::vector<std::string> failures;
-  std::set<pid_t> served_by;
-  std::thread client([&] {
-    auto deadline = std::chrono::steady_clock::now() + 60s;
-    while (!stop && std::chrono::steady_clock::now() < deadline && requests < 200000) {
-      auto r = http_get(port, "/");
-      ++requests;
-      if (!r.ok || r.status != 200 || r.body != "Hello Zero-Downtime!\n") {
-        failures.push_back(r.error.empty() ? "status " + std::to_string(r.status) : r.error);
-      } else {
-        served_by.insert(r.x_pid);
-      }
-    }
-  });
-  for (int i = 0; i < 3; ++i) {
-    int before = requests;
-    ASSERT_TRUE(wait_until([&] { return requests > before + 300; }, 10s));
-    pid = upgrade(pid);
-    ASSERT_GT(pid, 0);
-  }
-  int before = requests;
-  ASSERT_TRUE(wait_until([&] { return requests > before + 300; }, 10s));
-  stop = true;
-  client.join();
-  EXPECT_TRUE(failures.empty()) << failures.size() << " failed of " << requests
-                                << ", first: " << failures.front();
-  EXPECT_EQ(served_by.size(), 4u) << "requests were not served by all four processes";
+  tight_client client(port, "Hello Zero-Downtime!\n");
+  upgrades_under(client, pid, 3);
 }
 
 struct fault_case {
