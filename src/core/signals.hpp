@@ -3,13 +3,16 @@
 // thread the kernel picks, including threads the application started before us (signalfd
 // would need the signal blocked in all of them). Between fork and exec the child still has
 // our handler; it checks the pid so a signal there never reaches the parent's pipe. Also the
-// list of lifecycle signals, which the library's own threads start with blocked
-// (io::start_thread), and settle_signal_state() for the threads that take them under TSan.
+// list of lifecycle signals, start_thread() for the library's threads, which start with them
+// blocked, and settle_signal_state() for the threads that take them under TSan.
 #pragma once
 
+#include <pthread.h>
 #include <signal.h>
 
 #include <map>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "endless/core/unique_fd.hpp"
@@ -27,6 +30,26 @@ sigset_t lifecycle_signals() noexcept;
 // runtime also drops a signal that lands in a thread that has begun to exit: a short-lived
 // thread should keep the lifecycle signals blocked.)
 void settle_signal_state() noexcept;
+
+// Starts a thread of the library's own (event loops, the hand-off monitor, the certificate
+// watcher, the upgrader's) with the lifecycle signals blocked: they then reach the upgrader's
+// thread or the application's, never a loop thread that sits in epoll_wait or a handler. The
+// caller's mask is restored, also when the thread cannot be created.
+template <class F>
+std::thread start_thread(F&& fn) {
+  const sigset_t lifecycle = lifecycle_signals();
+  sigset_t old;
+  ::pthread_sigmask(SIG_BLOCK, &lifecycle, &old);  // inherited by the new thread
+  std::thread t;
+  try {
+    t = std::thread(std::forward<F>(fn));
+  } catch (...) {
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    throw;
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return t;
+}
 
 class signal_pipe {
  public:

@@ -485,22 +485,15 @@ upgrader::upgrader(options opts) {
                      std::to_string(startup().parent));
     }
     {
-      // Our thread starts with the lifecycle signals blocked and takes them only once its
-      // signal state is settled (see settle_signal_state).
-      const sigset_t lifecycle = lifecycle_signals();
-      sigset_t old;
-      ::pthread_sigmask(SIG_BLOCK, &lifecycle, &old);
-      try {
-        impl_->thread = std::thread([this, old] {
-          settle_signal_state();
-          ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-          impl_->loop();
-        });
-      } catch (...) {
-        ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-        throw;
-      }
-      ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      // Our thread starts with the lifecycle signals blocked and takes them (the caller's
+      // mask) only once its signal state is settled (see settle_signal_state).
+      sigset_t caller;
+      ::pthread_sigmask(SIG_SETMASK, nullptr, &caller);
+      impl_->thread = start_thread([this, caller] {
+        settle_signal_state();
+        ::pthread_sigmask(SIG_SETMASK, &caller, nullptr);
+        impl_->loop();
+      });
     }
     impl_->thread_id = impl_->thread.get_id();
   } catch (...) {

@@ -14,8 +14,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../core/signals.hpp"
 #include "../io/nocancel.hpp"
-#include "../io/thread.hpp"
 #include "detail.hpp"
 #include "endless/core/address.hpp"
 #include "server_impl.hpp"
@@ -407,7 +407,7 @@ bool run_tasks(loop& l, std::uint64_t generation) {
 void spawn_loop_thread(loop& l, std::uint64_t generation) {
   server_state& st = *l.srv;
   st.live_threads.fetch_add(1);
-  io::start_thread([&l, generation] { run_loop(l, generation); }).detach();
+  core::start_thread([&l, generation] { run_loop(l, generation); }).detach();
 }
 
 void monitor(server_state& st) {
@@ -570,7 +570,7 @@ void server::impl::start(core::unique_fd listener) {
   ::setsockopt(listener.get(), IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof defer);
   for (auto& l : st.loops)
     spawn_loop_thread(*l, 0);
-  st.monitor = io::start_thread([this] { monitor(st); });
+  st.monitor = core::start_thread([this] { monitor(st); });
 }
 
 void server::impl::start_accepting() {

@@ -1,6 +1,6 @@
 #include "file_watch.hpp"
 
-#include "thread.hpp"
+#include "../core/signals.hpp"
 
 #include <limits.h>
 #include <poll.h>
@@ -49,7 +49,7 @@ file_watch::file_watch(const std::vector<std::string>& files, std::function<void
     char real[PATH_MAX];
     if (::realpath(f.c_str(), real) && f != real) add(real);
   }
-  thread_ = start_thread([this] { run(); });
+  thread_ = core::start_thread([this] { run(); });
 }
 
 file_watch::~file_watch() {
